@@ -1,0 +1,37 @@
+"""captioner's model package: importing it registers CaptionerConfig, the model and the processor with the Auto classes."""
+
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
+
+from .configuration_captioner import PRESETS, CaptionerConfig, special_tokens_from_tokenizer
+from .modeling_captioner import (
+    DECODER_CLASSES,
+    CaptionerForConditionalGeneration,
+    CaptionerImageEncoder,
+    CaptionerPreTrainedModel,
+    CaptionerTransformerDecoder,
+)
+from .processing_captioner import CaptionerProcessor, build_image_processor, load_image
+
+AutoConfig.register(CaptionerConfig.model_type, CaptionerConfig, exist_ok=True)
+AutoModel.register(CaptionerConfig, CaptionerForConditionalGeneration, exist_ok=True)
+AutoModelForImageTextToText.register(CaptionerConfig, CaptionerForConditionalGeneration, exist_ok=True)
+AutoProcessor.register(CaptionerConfig, CaptionerProcessor, exist_ok=True)
+# save_pretrained copies these classes' source files next to the weights, so a folder loads with trust_remote_code
+# where this package is not installed.
+CaptionerConfig.register_for_auto_class("AutoConfig")
+CaptionerForConditionalGeneration.register_for_auto_class("AutoModel")
+CaptionerProcessor.register_for_auto_class("AutoProcessor")
+
+__all__ = [
+    "DECODER_CLASSES",
+    "PRESETS",
+    "CaptionerConfig",
+    "CaptionerForConditionalGeneration",
+    "CaptionerImageEncoder",
+    "CaptionerPreTrainedModel",
+    "CaptionerProcessor",
+    "CaptionerTransformerDecoder",
+    "build_image_processor",
+    "load_image",
+    "special_tokens_from_tokenizer",
+]

@@ -1,0 +1,343 @@
+"""CaptionerConfig: one config for a vision encoder, the image-feature bridge and a caption decoder, plus named presets."""
+
+from typing import Any, ClassVar
+
+from transformers import AutoConfig, GPT2Config, PreTrainedConfig, ResNetConfig, ViTConfig
+from transformers.configuration_utils import SubConfigSpec
+
+DECODER_TYPES = ("transformer", "gpt2", "lstm")
+# "lstm" (Show, Attend and Tell) has a reserved name but no implementation yet; see CaptionerConfig.validate().
+AVAILABLE_DECODER_TYPES = ("transformer", "gpt2")
+POSITION_EMBEDDING_TYPES = ("learned", "sinusoidal_2d", "none")
+
+
+class CaptionerConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`CaptionerForConditionalGeneration`]: a 🤗 vision backbone whose features are flattened into a
+    sequence, given positions, projected to the decoder width and optionally refined by Transformer encoder layers,
+    then read through cross-attention by a caption decoder.
+
+    Args:
+        vision_config (`PreTrainedConfig` or `dict`, *optional*):
+            Config of any 🤗 vision model whose `AutoModel` returns `last_hidden_state`, either a grid
+            `(batch, channels, h, w)` (ResNet, ConvNeXt) or tokens `(batch, positions, channels)` (ViT). Defaults to
+            ResNet-50's config.
+        text_config (`GPT2Config` or `dict`, *optional*):
+            Config of the GPT-2 decoder; required when `decoder_type="gpt2"`, unused otherwise. Its width, vocabulary
+            and special tokens are kept equal to this config's.
+        decoder_type (`str`, *optional*, defaults to `"transformer"`):
+            `"transformer"` (a from-scratch pre-LN Transformer decoder) or `"gpt2"` (GPT2LMHeadModel with
+            cross-attention). `"lstm"` is reserved for the Show, Attend and Tell decoder.
+        image_size (`int`, *optional*, defaults to 224):
+            Side of the square images the processor produces. For ViT it must equal `vision_config.image_size`.
+        position_embedding_type (`str`, *optional*, defaults to `"learned"`):
+            Positions added to the image features: `"learned"` (1-D learned), `"sinusoidal_2d"` (fixed 2-D sine/cosine
+            over the feature grid) or `"none"`.
+        max_image_positions (`int`, *optional*, defaults to 1024):
+            Number of learned 1-D image positions (the feature sequence may not be longer).
+        d_model (`int`, *optional*, defaults to 512):
+            Width of the bridge and the decoder (for GPT-2: its `n_embd`).
+        encoder_layers (`int`, *optional*, defaults to 0):
+            Transformer encoder layers applied to the projected image features.
+        encoder_attention_heads / encoder_ffn_dim:
+            Heads and feed-forward width of those layers.
+        decoder_layers / decoder_attention_heads / decoder_ffn_dim:
+            Depth, heads and feed-forward width of the Transformer decoder.
+        max_position_embeddings (`int`, *optional*, defaults to 64):
+            Longest caption (in tokens, start token included) the Transformer decoder can read.
+        dropout / attention_dropout / activation_dropout (`float`):
+            Dropout on residual branches, attention probabilities and inside the feed-forward block.
+        activation_function (`str`, *optional*, defaults to `"gelu"`):
+            Activation of the feed-forward blocks.
+        vocab_size (`int`, *optional*, defaults to 15000):
+            Size of the caption vocabulary; must equal `len(tokenizer)`.
+        pad_token_id / bos_token_id / eos_token_id / decoder_start_token_id (`int`):
+            Special tokens; generation starts from `decoder_start_token_id` and stops at `eos_token_id`.
+        vision_model_name_or_path / decoder_model_name_or_path (`str`, *optional*):
+            Where the pretrained backbone and decoder of this architecture come from (hub ids); informational, used by
+            training scripts and the model card. Building from config never downloads anything.
+    """
+
+    model_type = "captioner"
+    sub_configs_defaults: ClassVar[dict[str, SubConfigSpec]] = {
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="resnet"),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="gpt2", optional=True),
+    }
+    attribute_map: ClassVar[dict[str, str]] = {
+        "hidden_size": "d_model",
+        "num_hidden_layers": "decoder_layers",
+        "num_attention_heads": "decoder_attention_heads",
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    decoder_type: str = "transformer"
+    image_size: int = 224
+    position_embedding_type: str = "learned"
+    max_image_positions: int = 1024
+    d_model: int = 512
+    encoder_layers: int = 0
+    encoder_attention_heads: int = 8
+    encoder_ffn_dim: int = 2048
+    decoder_layers: int = 4
+    decoder_attention_heads: int = 8
+    decoder_ffn_dim: int = 2048
+    max_position_embeddings: int = 64
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    activation_function: str = "gelu"
+    layer_norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    vocab_size: int = 15000
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = 2
+    eos_token_id: int | None = 3
+    decoder_start_token_id: int | None = 2
+    tie_word_embeddings: bool = True
+    use_cache: bool = True
+    is_encoder_decoder: bool = True
+    vision_model_name_or_path: str | None = None
+    decoder_model_name_or_path: str | None = None
+
+    def __post_init__(self, **kwargs):
+        if self.decoder_type == "gpt2" and self.text_config is None:
+            self.text_config = {"model_type": "gpt2"}
+        super().__post_init__(**kwargs)
+        if self.decoder_type == "gpt2":
+            self._sync_text_config()
+        # Both Auto classes point at the one model class, so AutoModel and AutoModelForImageTextToText load the same
+        # thing from a saved folder with trust_remote_code=True.
+        if getattr(self, "auto_map", None) is None:
+            self.auto_map = {
+                "AutoConfig": "configuration_captioner.CaptionerConfig",
+                "AutoModel": "modeling_captioner.CaptionerForConditionalGeneration",
+                "AutoModelForImageTextToText": "modeling_captioner.CaptionerForConditionalGeneration",
+            }
+        self.validate()
+
+    def _sync_text_config(self) -> None:
+        """GPT-2's own config is the truth for its width and vocabulary; this config's special tokens are the truth
+        for generation, so they are written into GPT-2's config (generate() reads the decoder's text config)."""
+        text = self.text_config
+        text.add_cross_attention = True
+        text.is_decoder = True
+        self.d_model = text.hidden_size
+        self.vocab_size = text.vocab_size
+        self.decoder_layers = text.num_hidden_layers
+        self.decoder_attention_heads = text.num_attention_heads
+        self.max_position_embeddings = text.max_position_embeddings
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
+            setattr(text, name, getattr(self, name))
+        text.tie_word_embeddings = self.tie_word_embeddings
+
+    def validate(self) -> None:
+        """Raise a `ValueError` naming the field when the config cannot build a working model."""
+        if self.decoder_type not in DECODER_TYPES:
+            raise ValueError(
+                f"CaptionerConfig.decoder_type={self.decoder_type!r} is unknown; expected one of {DECODER_TYPES}."
+            )
+        if self.decoder_type not in AVAILABLE_DECODER_TYPES:
+            raise ValueError(
+                f"CaptionerConfig.decoder_type={self.decoder_type!r} is reserved but not implemented yet; "
+                f"use one of {AVAILABLE_DECODER_TYPES}."
+            )
+        if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
+            raise ValueError(
+                f"CaptionerConfig.position_embedding_type={self.position_embedding_type!r} is unknown; expected one "
+                f"of {POSITION_EMBEDDING_TYPES}."
+            )
+        if self.vision_config is None:
+            raise ValueError("CaptionerConfig.vision_config is required: the config of a 🤗 vision model.")
+        for name in ("d_model", "vocab_size", "image_size", "max_position_embeddings", "max_image_positions"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"CaptionerConfig.{name} must be a positive integer, got {value!r}.")
+        for name in ("encoder_layers", "decoder_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"CaptionerConfig.{name} must be a non-negative integer, got {value!r}.")
+        heads = {"decoder_attention_heads": self.decoder_attention_heads}
+        if self.encoder_layers:
+            heads["encoder_attention_heads"] = self.encoder_attention_heads
+        for name, value in heads.items():
+            if not isinstance(value, int) or value <= 0 or self.d_model % value:
+                raise ValueError(
+                    f"CaptionerConfig.{name}={value!r} must be a positive integer that divides "
+                    f"d_model={self.d_model}."
+                )
+        if self.position_embedding_type == "sinusoidal_2d" and self.d_model % 4:
+            raise ValueError(
+                f"CaptionerConfig.d_model={self.d_model} must be a multiple of 4 for position_embedding_type="
+                "'sinusoidal_2d' (sine and cosine for rows and columns)."
+            )
+        for name in ("dropout", "attention_dropout", "activation_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"CaptionerConfig.{name} must be in [0, 1), got {value!r}.")
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
+            value = getattr(self, name)
+            if value is None:
+                if name in ("eos_token_id", "decoder_start_token_id"):
+                    raise ValueError(f"CaptionerConfig.{name} is required for captioning, got None.")
+                continue
+            if not isinstance(value, int) or not 0 <= value < self.vocab_size:
+                raise ValueError(
+                    f"CaptionerConfig.{name}={value!r} is outside the vocabulary (vocab_size={self.vocab_size}); "
+                    "special-token ids must come from the tokenizer the model is trained with."
+                )
+        vision_type = getattr(self.vision_config, "model_type", None)
+        vision_size = getattr(self.vision_config, "image_size", None)
+        if vision_type == "vit" and vision_size != self.image_size:
+            raise ValueError(
+                f"CaptionerConfig.image_size={self.image_size} differs from vision_config.image_size={vision_size}; "
+                "ViT's patch positions are fixed to its image size, so the two must be equal."
+            )
+        if self.decoder_type == "gpt2" and getattr(self.text_config, "model_type", None) != "gpt2":
+            raise ValueError(
+                "CaptionerConfig.text_config must be a GPT2Config when decoder_type='gpt2', got "
+                f"{type(self.text_config).__name__}."
+            )
+
+    @classmethod
+    def from_preset(
+        cls, name: str, encoder: str | None = None, decoder: str | None = None, tokenizer: Any = None, **overrides
+    ) -> "CaptionerConfig":
+        """
+        Build a complete config from a named preset (see `PRESETS`).
+
+        Args:
+            name (`str`): one of `"tiny"`, `"resnet101-transformer"`, `"vit-gpt2"`.
+            encoder (`str`, *optional*): `"resnet"` or `"vit"`, to swap the preset's vision backbone for the same
+                preset's other one (the tiny preset has tiny versions of both).
+            decoder (`str`, *optional*): `"transformer"` or `"gpt2"`, likewise.
+            tokenizer (*optional*): a tokenizer whose size and special tokens the config takes.
+            overrides: any other CaptionerConfig field.
+        """
+        if name not in PRESETS:
+            raise ValueError(f"Unknown preset {name!r}; available presets: {sorted(PRESETS)}.")
+        preset = PRESETS[name]
+        encoder = encoder or preset["encoder"]
+        decoder = decoder or preset["decoder"]
+        if encoder not in preset["vision"]:
+            raise ValueError(f"Preset {name!r} has no encoder {encoder!r}; choose from {sorted(preset['vision'])}.")
+        if decoder not in AVAILABLE_DECODER_TYPES:
+            raise ValueError(f"Preset {name!r} has no decoder {decoder!r}; choose from {AVAILABLE_DECODER_TYPES}.")
+        vision_config, vision_source = preset["vision"][encoder]()
+        kwargs = dict(preset["fields"])
+        kwargs.update(decoder_type=decoder, vision_config=vision_config, vision_model_name_or_path=vision_source)
+        if encoder == "vit":
+            kwargs["image_size"] = vision_config.image_size
+            # ViT adds its own patch positions; a second, learned set over the same tokens only slows training.
+            kwargs["position_embedding_type"] = "none"
+        if tokenizer is not None:
+            kwargs.update(special_tokens_from_tokenizer(tokenizer))
+        if decoder == "gpt2":
+            gpt2_fields = dict(preset["gpt2"])
+            kwargs["decoder_model_name_or_path"] = gpt2_fields.pop("source", None)
+            if tokenizer is None:
+                kwargs.update(preset.get("gpt2_tokens", {}))
+            for field in ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id"):
+                gpt2_fields[field] = overrides.get(field, kwargs.get(field, getattr(cls, field)))
+            gpt2_fields.update(overrides.pop("text_config", None) or {})
+            kwargs["text_config"] = GPT2Config(add_cross_attention=True, **gpt2_fields)
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+
+def special_tokens_from_tokenizer(tokenizer: Any) -> dict[str, int]:
+    """Vocabulary size and special-token ids of a tokenizer, under CaptionerConfig's field names. A tokenizer with
+    no BOS (or CLS) token starts captions from EOS, as GPT-2 does."""
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    if eos is None:
+        raise ValueError(f"The tokenizer {type(tokenizer).__name__} has neither an EOS nor a SEP token to end captions.")
+    bos = eos if bos is None else bos
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    return {
+        "vocab_size": len(tokenizer),
+        "pad_token_id": pad,
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+        "decoder_start_token_id": bos,
+    }
+
+
+def _tiny_resnet():
+    return ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic"), None
+
+
+def _tiny_vit():
+    config = ViTConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
+    return config, None
+
+
+def _resnet101():
+    # microsoft/resnet-101's architecture; weights come from the hub only through from_encoder_decoder_pretrained.
+    config = ResNetConfig(
+        embedding_size=64, hidden_sizes=[256, 512, 1024, 2048], depths=[3, 4, 23, 3], layer_type="bottleneck"
+    )
+    return config, "microsoft/resnet-101"
+
+
+def _vit_base():
+    return ViTConfig(image_size=224, patch_size=16, hidden_size=768), "google/vit-base-patch16-224-in21k"
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # A few hundred thousand parameters: for tests, the README and CPU experiments.
+    "tiny": {
+        "encoder": "resnet",
+        "decoder": "transformer",
+        "vision": {"resnet": _tiny_resnet, "vit": _tiny_vit},
+        "fields": {
+            "image_size": 32,
+            "d_model": 32,
+            "encoder_layers": 1,
+            "encoder_attention_heads": 2,
+            "encoder_ffn_dim": 64,
+            "decoder_layers": 2,
+            "decoder_attention_heads": 2,
+            "decoder_ffn_dim": 64,
+            "max_position_embeddings": 32,
+            "max_image_positions": 64,
+            "vocab_size": 1000,
+            "dropout": 0.0,
+        },
+        "gpt2": {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 32, "vocab_size": 1000},
+    },
+    # The seed system: ResNet-101 grid features, 1-D learned positions, 3 encoder + 4 decoder layers, 8 heads.
+    "resnet101-transformer": {
+        "encoder": "resnet",
+        "decoder": "transformer",
+        "vision": {"resnet": _resnet101, "vit": _vit_base},
+        "fields": {
+            "d_model": 512,
+            "encoder_layers": 3,
+            "encoder_attention_heads": 8,
+            "encoder_ffn_dim": 2048,
+            "decoder_layers": 4,
+            "decoder_attention_heads": 8,
+            "decoder_ffn_dim": 2048,
+            "dropout": 0.1,
+            "vocab_size": 15000,
+        },
+        "gpt2": {"source": "gpt2"},
+        "gpt2_tokens": {"vocab_size": 50257, "pad_token_id": 50256, "bos_token_id": 50256, "eos_token_id": 50256,
+                        "decoder_start_token_id": 50256},
+    },
+    # ViT-Base + GPT-2 small joined by cross-attention (the vit-gpt2 recipe), GPT-2's own vocabulary.
+    "vit-gpt2": {
+        "encoder": "vit",
+        "decoder": "gpt2",
+        "vision": {"vit": _vit_base, "resnet": _resnet101},
+        "fields": {"vocab_size": 50257, "max_position_embeddings": 1024},
+        "gpt2": {"source": "gpt2"},
+        "gpt2_tokens": {"vocab_size": 50257, "pad_token_id": 50256, "bos_token_id": 50256, "eos_token_id": 50256,
+                        "decoder_start_token_id": 50256},
+    },
+}
+
+__all__ = ["CaptionerConfig", "PRESETS", "special_tokens_from_tokenizer"]

@@ -1,0 +1,684 @@
+"""Captioner model: a 🤗 vision backbone, a bridge from its features to a sequence, and a caption decoder (a
+from-scratch Transformer or GPT-2 with cross-attention) behind transformers' generate()."""
+
+import contextlib
+import inspect
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, GenerationMixin, GPT2LMHeadModel, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.modeling_outputs import BaseModelOutput, CausalLMOutputWithCrossAttentions, Seq2SeqLMOutput
+from transformers.utils import logging
+
+from .configuration_captioner import CaptionerConfig, special_tokens_from_tokenizer
+
+logger = logging.get_logger(__name__)
+
+
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+    """Teacher-forcing inputs from labels, as VisionEncoderDecoderModel builds them: start token first, every label
+    one step later, ignored (-100) positions read as padding."""
+    shifted = labels.new_zeros(labels.shape)
+    shifted[:, 1:] = labels[:, :-1].clone()
+    shifted[:, 0] = decoder_start_token_id
+    return shifted.masked_fill(shifted == -100, pad_token_id)
+
+
+def vision_feature_size(vision_config) -> int:
+    """Channels of the backbone's last_hidden_state: the last stage width for CNNs, hidden_size for ViTs."""
+    hidden_sizes = getattr(vision_config, "hidden_sizes", None)
+    if hidden_sizes:
+        return hidden_sizes[-1]
+    hidden_size = getattr(vision_config, "hidden_size", None)
+    if hidden_size:
+        return hidden_size
+    raise ValueError(
+        f"Cannot tell the feature width of vision_config ({type(vision_config).__name__}): it has neither "
+        "`hidden_sizes` nor `hidden_size`."
+    )
+
+
+def vision_model_kwargs(vision_config) -> dict:
+    """A pooling head after the backbone would hold parameters no caption loss reaches, so it is left out where the
+    model class allows it (ViTModel and similar)."""
+    model_class = AutoModel._model_mapping[type(vision_config)]
+    if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
+        return {"add_pooling_layer": False}
+    return {}
+
+
+def sinusoidal_2d_positions(height: int, width: int, dim: int, device, dtype) -> torch.Tensor:
+    """Fixed 2-D sine/cosine positions (MAE, DETR): half of the channels encode the row, half the column."""
+    quarter = dim // 4
+    omega = 1.0 / (10000 ** (torch.arange(quarter, device=device, dtype=torch.float32) / quarter))
+    rows, cols = torch.meshgrid(
+        torch.arange(height, device=device, dtype=torch.float32),
+        torch.arange(width, device=device, dtype=torch.float32),
+        indexing="ij",
+    )
+    angles_y = rows.reshape(-1, 1) * omega  # (h*w, dim/4)
+    angles_x = cols.reshape(-1, 1) * omega
+    positions = torch.cat([angles_y.sin(), angles_y.cos(), angles_x.sin(), angles_x.cos()], dim=1)
+    return positions.to(dtype)  # (h*w, dim)
+
+
+def causal_mask(
+    query_length: int, key_length: int, padding_mask: torch.Tensor | None, device
+) -> torch.Tensor | None:
+    """Boolean mask (True = may attend) for decoder self-attention, or None where SDPA's own `is_causal` (square,
+    no padding) or no mask at all (one new token) is exact."""
+    no_padding = padding_mask is None or bool(padding_mask.all())
+    if no_padding and (query_length == 1 or query_length == key_length):
+        return None
+    past = key_length - query_length
+    rows = torch.arange(query_length, device=device).view(-1, 1) + past
+    cols = torch.arange(key_length, device=device).view(1, -1)
+    mask = (cols <= rows)[None, None]  # (1, 1, T, S)
+    if not no_padding:
+        mask = mask & padding_mask[:, None, None, -key_length:].bool()
+        # A padding query with nothing left to see would give a NaN softmax; let it see itself (its output is unused).
+        mask = mask | (cols == rows)[None, None]
+    return mask
+
+
+class CaptionerAttention(nn.Module):
+    """Multi-head attention over the decoder's own tokens (causal), the image features (cross-attention) or, in the
+    encoder, the image features themselves. Keys and values live in an EncoderDecoderCache during generation."""
+
+    def __init__(self, config: CaptionerConfig, num_heads: int, is_causal: bool, layer_idx: int | None = None):
+        super().__init__()
+        self.config = config
+        self.embed_dim = config.d_model
+        self.num_heads = num_heads
+        self.head_dim = self.embed_dim // num_heads
+        self.scaling = self.head_dim**-0.5
+        # SDPA treats a module without this attribute as causal, so every instance states it.
+        self.is_causal = is_causal
+        self.layer_idx = layer_idx
+        self.dropout = config.attention_dropout
+        self.q_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.k_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.v_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.out_proj = nn.Linear(self.embed_dim, self.embed_dim)
+
+    def _split_heads(self, states: torch.Tensor) -> torch.Tensor:
+        batch_size, length, _ = states.shape
+        return states.view(batch_size, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, L, C) -> (B, H, L, D)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        key_value_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache: EncoderDecoderCache | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        is_cross_attention = key_value_states is not None
+        query = self._split_heads(self.q_proj(hidden_states))
+        if is_cross_attention and cache is not None and cache.is_updated.get(self.layer_idx):
+            # The image does not change while a caption grows: its keys and values are projected once per image.
+            layer = cache.cross_attention_cache.layers[self.layer_idx]
+            key, value = layer.keys, layer.values
+        else:
+            source = key_value_states if is_cross_attention else hidden_states
+            key = self._split_heads(self.k_proj(source))
+            value = self._split_heads(self.v_proj(source))
+            if cache is not None and is_cross_attention:
+                key, value = cache.cross_attention_cache.update(key, value, self.layer_idx)
+                cache.is_updated[self.layer_idx] = True
+            elif cache is not None:
+                key, value = cache.self_attention_cache.update(key, value, self.layer_idx)
+
+        query_length, key_length = query.shape[2], key.shape[2]
+        is_causal = self.is_causal and attention_mask is None and query_length > 1
+        dropout = self.dropout if self.training else 0.0
+        if output_attentions or self.config._attn_implementation == "eager":
+            scores = torch.matmul(query, key.transpose(-1, -2)) * self.scaling  # (B, H, T, S)
+            if is_causal:
+                attention_mask = causal_mask(query_length, key_length, torch.zeros(1, key_length), query.device)
+            if attention_mask is not None:
+                scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+            attn_weights = scores.float().softmax(dim=-1).to(query.dtype)
+            attn_output = torch.matmul(F.dropout(attn_weights, p=dropout, training=self.training), value)
+        else:
+            attn_weights = None
+            attn_output = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=attention_mask, dropout_p=dropout, is_causal=is_causal, scale=self.scaling
+            )
+        batch_size = attn_output.shape[0]
+        attn_output = attn_output.transpose(1, 2).reshape(batch_size, query_length, self.embed_dim)  # (B,H,T,D)->(B,T,C)
+        return self.out_proj(attn_output), attn_weights
+
+
+class CaptionerMLP(nn.Module):
+    def __init__(self, config: CaptionerConfig, intermediate_size: int):
+        super().__init__()
+        self.fc1 = nn.Linear(config.d_model, intermediate_size)
+        self.act = ACT2FN[config.activation_function]
+        self.dropout = nn.Dropout(config.activation_dropout)
+        self.fc2 = nn.Linear(intermediate_size, config.d_model)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.dropout(self.act(self.fc1(hidden_states))))
+
+
+class CaptionerEncoderLayer(nn.Module):
+    """Pre-LN Transformer encoder layer over the projected image features."""
+
+    def __init__(self, config: CaptionerConfig):
+        super().__init__()
+        self.self_attn_layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.self_attn = CaptionerAttention(config, config.encoder_attention_heads, is_causal=False)
+        self.final_layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.mlp = CaptionerMLP(config, config.encoder_ffn_dim)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False):
+        attn_output, attn_weights = self.self_attn(
+            self.self_attn_layer_norm(hidden_states), output_attentions=output_attentions
+        )
+        hidden_states = hidden_states + self.dropout(attn_output)
+        hidden_states = hidden_states + self.dropout(self.mlp(self.final_layer_norm(hidden_states)))
+        return hidden_states, attn_weights
+
+
+class CaptionerDecoderLayer(nn.Module):
+    """Pre-LN Transformer decoder layer: causal self-attention, cross-attention to the image, MLP."""
+
+    def __init__(self, config: CaptionerConfig, layer_idx: int):
+        super().__init__()
+        heads = config.decoder_attention_heads
+        self.self_attn_layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.self_attn = CaptionerAttention(config, heads, is_causal=True, layer_idx=layer_idx)
+        self.cross_attn_layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.cross_attn = CaptionerAttention(config, heads, is_causal=False, layer_idx=layer_idx)
+        self.final_layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.mlp = CaptionerMLP(config, config.decoder_ffn_dim)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: EncoderDecoderCache | None = None,
+        output_attentions: bool = False,
+    ):
+        attn_output, self_attn_weights = self.self_attn(
+            self.self_attn_layer_norm(hidden_states),
+            attention_mask=attention_mask,
+            cache=cache,
+            output_attentions=output_attentions,
+        )
+        hidden_states = hidden_states + self.dropout(attn_output)
+        attn_output, cross_attn_weights = self.cross_attn(
+            self.cross_attn_layer_norm(hidden_states),
+            key_value_states=encoder_hidden_states,
+            cache=cache,
+            output_attentions=output_attentions,
+        )
+        hidden_states = hidden_states + self.dropout(attn_output)
+        hidden_states = hidden_states + self.dropout(self.mlp(self.final_layer_norm(hidden_states)))
+        return hidden_states, self_attn_weights, cross_attn_weights
+
+
+class CaptionerImageEncoder(nn.Module):
+    """Backbone → feature sequence → projection to d_model → positions → optional encoder layers → LayerNorm.
+
+    Returns `BaseModelOutput(last_hidden_state)` of shape `(batch_size, num_positions, d_model)`: the memory the
+    decoder cross-attends to (and the object generate() finds as `model.encoder`).
+    """
+
+    main_input_name = "pixel_values"
+
+    def __init__(self, config: CaptionerConfig, backbone: PreTrainedModel | None = None):
+        super().__init__()
+        self.config = config
+        vision_config = config.vision_config
+        self.backbone = backbone or AutoModel.from_config(vision_config, **vision_model_kwargs(vision_config))
+        self.projection = nn.Linear(vision_feature_size(vision_config), config.d_model)
+        if config.position_embedding_type == "learned":
+            self.position_embeddings = nn.Embedding(config.max_image_positions, config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList([CaptionerEncoderLayer(config) for _ in range(config.encoder_layers)])
+        self.layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+
+    def check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+        channels = getattr(self.config.vision_config, "num_channels", 3)
+        if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4 or pixel_values.shape[1] != channels:
+            shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
+            raise ValueError(
+                f"pixel_values must be a float tensor of shape (batch_size, {channels}, height, width); got {shape}. "
+                "Use the model's processor to turn images into pixel_values."
+            )
+        if not pixel_values.is_floating_point():
+            raise ValueError(f"pixel_values must be a float tensor (normalised images), got dtype {pixel_values.dtype}.")
+        image_size = getattr(self.config.vision_config, "image_size", None)
+        if self.config.vision_config.model_type == "vit" and tuple(pixel_values.shape[2:]) != (image_size, image_size):
+            raise ValueError(
+                f"pixel_values of size {tuple(pixel_values.shape[2:])} do not match this ViT's image size "
+                f"({image_size}, {image_size})."
+            )
+
+    def _grid_shape(self, num_positions: int) -> tuple[int, int, int]:
+        """(prefix tokens, rows, cols) of a ViT-style token sequence: CLS-like tokens first, then the patch grid."""
+        vision_config = self.config.vision_config
+        patch_size = getattr(vision_config, "patch_size", None)
+        image_size = getattr(vision_config, "image_size", None)
+        if isinstance(patch_size, int) and isinstance(image_size, int):
+            side = image_size // patch_size
+            if 0 <= num_positions - side * side <= 8:
+                return num_positions - side * side, side, side
+        raise ValueError(
+            f"position_embedding_type='sinusoidal_2d' needs a patch grid, but {num_positions} vision tokens do not "
+            f"match image_size={image_size} / patch_size={patch_size}."
+        )
+
+    def _positions(self, features: torch.Tensor, grid: tuple[int, int] | None) -> torch.Tensor | None:
+        num_positions = features.shape[1]
+        kind = self.config.position_embedding_type
+        if kind == "learned":
+            if num_positions > self.config.max_image_positions:
+                raise ValueError(
+                    f"The backbone gives {num_positions} image positions but max_image_positions="
+                    f"{self.config.max_image_positions}; raise it in the config or use smaller images."
+                )
+            return self.position_embeddings.weight[:num_positions]
+        if kind == "sinusoidal_2d":
+            prefix, rows, cols = (0, *grid) if grid is not None else self._grid_shape(num_positions)
+            grid_positions = sinusoidal_2d_positions(rows, cols, self.config.d_model, features.device, features.dtype)
+            return F.pad(grid_positions, (0, 0, prefix, 0))  # prefix (CLS) tokens get no position
+        return None
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutput:
+        self.check_pixel_values(pixel_values)
+        features = self.backbone(pixel_values=pixel_values, return_dict=True).last_hidden_state
+        grid = None
+        if features.ndim == 4:
+            grid = features.shape[2], features.shape[3]
+            features = features.flatten(2).transpose(1, 2)  # (B, C, h, w) -> (B, h*w, C)
+        hidden_states = self.projection(features)
+        positions = self._positions(hidden_states, grid)
+        if positions is not None:
+            hidden_states = hidden_states + positions
+        hidden_states = self.dropout(hidden_states)
+
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layers:
+            hidden_states, attn_weights = layer(hidden_states, output_attentions=bool(output_attentions))
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (attn_weights,)
+        hidden_states = self.layer_norm(hidden_states)
+        return BaseModelOutput(
+            last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=all_attentions
+        )
+
+
+class CaptionerTransformerDecoder(nn.Module):
+    """From-scratch pre-LN Transformer decoder with learned positions and an output layer tied to its embeddings."""
+
+    def __init__(self, config: CaptionerConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.pad_token_id)
+        self.embed_positions = nn.Embedding(config.max_position_embeddings, config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList([CaptionerDecoderLayer(config, i) for i in range(config.decoder_layers)])
+        self.layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool = False,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        **kwargs,
+    ) -> CausalLMOutputWithCrossAttentions:
+        if use_cache and cache is None:
+            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        if not use_cache:
+            cache = None
+        query_length = input_ids.shape[1]
+        past_length = cache.get_seq_length() if cache is not None else 0
+        if past_length + query_length > self.config.max_position_embeddings:
+            raise ValueError(
+                f"A caption of {past_length + query_length} tokens is longer than the decoder's "
+                f"max_position_embeddings={self.config.max_position_embeddings}; truncate captions or lower "
+                "max_new_tokens."
+            )
+        positions = torch.arange(past_length, past_length + query_length, device=input_ids.device)
+        hidden_states = self.dropout(self.embed_tokens(input_ids) + self.embed_positions(positions))
+        mask = causal_mask(query_length, past_length + query_length, attention_mask, input_ids.device)
+
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_self_attentions = () if output_attentions else None
+        all_cross_attentions = () if output_attentions else None
+        for layer in self.layers:
+            hidden_states, self_attn_weights, cross_attn_weights = layer(
+                hidden_states, encoder_hidden_states, mask, cache, output_attentions
+            )
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_self_attentions += (self_attn_weights,)
+                all_cross_attentions += (cross_attn_weights,)
+        hidden_states = self.layer_norm(hidden_states)
+        return CausalLMOutputWithCrossAttentions(
+            logits=self.lm_head(hidden_states),
+            cache=cache,
+            hidden_states=all_hidden_states,
+            attentions=all_self_attentions,
+            cross_attentions=all_cross_attentions,
+        )
+
+
+def build_gpt2_decoder(config: CaptionerConfig) -> GPT2LMHeadModel:
+    return GPT2LMHeadModel(config.text_config)
+
+
+# Config choice → decoder. "lstm" (Show, Attend and Tell) joins here when it is implemented.
+DECODER_CLASSES = {"transformer": CaptionerTransformerDecoder, "gpt2": build_gpt2_decoder}
+
+
+class CaptionerPreTrainedModel(PreTrainedModel):
+    config_class = CaptionerConfig
+    config: CaptionerConfig
+    base_model_prefix = "captioner"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    _supports_sdpa = True
+    _no_split_modules = ["CaptionerEncoderLayer", "CaptionerDecoderLayer", "GPT2Block"]
+
+
+class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixin):
+    r"""
+    An image captioner: `encoder` (a 🤗 vision backbone and the bridge to the decoder width), `decoder` (a Transformer
+    or GPT-2 decoder with cross-attention, which holds the `lm_head`).
+
+    Example:
+
+    ```python
+    >>> from modeling_captioner import CaptionerConfig, CaptionerForConditionalGeneration
+    >>> model = CaptionerForConditionalGeneration(CaptionerConfig.from_preset("tiny"))
+    >>> ids = model.generate(pixel_values, num_beams=5)
+    ```
+    """
+
+    def __init__(
+        self,
+        config: CaptionerConfig,
+        vision_model: PreTrainedModel | None = None,
+        decoder: nn.Module | None = None,
+    ):
+        config.validate()
+        super().__init__(config)
+        self.encoder = CaptionerImageEncoder(config, backbone=vision_model)
+        self.decoder = decoder if decoder is not None else DECODER_CLASSES[config.decoder_type](config)
+        if config.decoder_type == "transformer" and config.tie_word_embeddings:
+            self._tied_weights_keys = {"decoder.lm_head.weight": "decoder.embed_tokens.weight"}
+        # The sub-models read their configs from ours, so one save holds the single source of truth.
+        self.encoder.backbone.config = config.vision_config
+        if config.decoder_type == "gpt2":
+            self.decoder.config = config.text_config
+        self.post_init()
+        if self.generation_config is not None and self.generation_config.max_length == 20:
+            self.generation_config.max_length = min(config.max_position_embeddings, 64)
+
+    def get_encoder(self, modality: str | None = None) -> CaptionerImageEncoder:
+        return self.encoder
+
+    def get_decoder(self) -> nn.Module:
+        return self.decoder
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.decoder.get_input_embeddings()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.decoder.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.decoder.lm_head = new_embeddings
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        cache: Cache | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> Seq2SeqLMOutput | tuple:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Images as the processor returns them. Not needed when `encoder_outputs` is given.
+        decoder_input_ids (`torch.LongTensor` of shape `(batch_size, target_length)`, *optional*):
+            Caption tokens fed to the decoder. Built from `labels` (shifted right, `decoder_start_token_id` first) when
+            only labels are given.
+        decoder_attention_mask (`torch.Tensor` of shape `(batch_size, target_length)`, *optional*):
+            1 for tokens to attend to, 0 for padding; a causal mask is always applied.
+        encoder_outputs (`BaseModelOutput`, *optional*):
+            Output of `model.encoder(pixel_values)`, reused by generate() and feature caches.
+        cache (`EncoderDecoderCache`, *optional*):
+            Self- and cross-attention keys/values of earlier steps.
+        labels (`torch.LongTensor` of shape `(batch_size, target_length)`, *optional*):
+            Caption token ids ending in EOS; -100 marks positions the loss ignores (padding).
+        output_attentions (`bool`, *optional*):
+            Also return `cross_attentions`: one tensor per decoder layer of shape `(batch_size, num_heads,
+            target_length, num_image_positions)`.
+        """
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+
+        if encoder_outputs is None:
+            if pixel_values is None:
+                raise ValueError("CaptionerForConditionalGeneration needs pixel_values (or encoder_outputs).")
+            encoder_outputs = self.encoder(
+                pixel_values, output_attentions=output_attentions, output_hidden_states=output_hidden_states
+            )
+        elif isinstance(encoder_outputs, (tuple, list)):
+            encoder_outputs = BaseModelOutput(*encoder_outputs)
+
+        if labels is not None:
+            self._check_labels(labels)
+            use_cache = False
+            if decoder_input_ids is None:
+                decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+        if decoder_input_ids is None:
+            raise ValueError("CaptionerForConditionalGeneration needs labels or decoder_input_ids to decode.")
+
+        # GPT-2's cross-attention views its inputs and fails on non-contiguous ones (e.g. expanded for beams).
+        encoder_hidden_states = encoder_outputs.last_hidden_state.contiguous()
+        with self._eager_gpt2_attention(output_attentions):
+            decoder_outputs = self.decoder(
+                input_ids=decoder_input_ids,
+                attention_mask=decoder_attention_mask,
+                encoder_hidden_states=encoder_hidden_states,
+                cache=cache,
+                use_cache=use_cache,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+                return_dict=True,
+            )
+        logits = decoder_outputs.logits
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+
+        output = Seq2SeqLMOutput(
+            loss=loss,
+            logits=logits,
+            cache=decoder_outputs.cache,
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=decoder_outputs.cross_attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+    @contextlib.contextmanager
+    def _eager_gpt2_attention(self, output_attentions: bool):
+        """GPT-2 under SDPA returns no attention weights; for a call that asks for them, it runs eager attention
+        (same numbers, slower) and goes back to its implementation afterwards."""
+        text_config = self.config.text_config
+        implementation = getattr(text_config, "_attn_implementation", None)
+        if not output_attentions or self.config.decoder_type != "gpt2" or implementation == "eager":
+            yield
+            return
+        text_config._attn_implementation = "eager"
+        try:
+            yield
+        finally:
+            text_config._attn_implementation = implementation
+
+    def _check_labels(self, labels: torch.Tensor) -> None:
+        if labels.ndim != 2:
+            raise ValueError(f"labels must have shape (batch_size, target_length), got {tuple(labels.shape)}.")
+        valid = labels[labels != -100]
+        if valid.numel() and (valid.min() < 0 or valid.max() >= self.config.vocab_size):
+            raise ValueError(
+                f"labels hold token ids outside [0, {self.config.vocab_size}) (min {int(valid.min())}, max "
+                f"{int(valid.max())}); the tokenizer and config.vocab_size disagree. Use -100 for ignored positions."
+            )
+
+    @classmethod
+    def from_encoder_decoder_pretrained(
+        cls,
+        encoder_pretrained_model_name_or_path: str,
+        decoder_pretrained_model_name_or_path: str | None = None,
+        tokenizer=None,
+        output_loading_info: bool = False,
+        **config_kwargs,
+    ):
+        r"""
+        Build a captioner from a pretrained vision model and, for `decoder_type="gpt2"`, a pretrained GPT-2; the
+        bridge (projection, positions, encoder layers) and GPT-2's cross-attention are new and trained from scratch.
+
+        Args:
+            encoder_pretrained_model_name_or_path (`str`):
+                Hub id or local folder of a 🤗 vision model, e.g. `"microsoft/resnet-101"` or
+                `"google/vit-base-patch16-224-in21k"`.
+            decoder_pretrained_model_name_or_path (`str`, *optional*):
+                Hub id or local folder of a GPT-2 model, e.g. `"gpt2"`. Without it the decoder is the from-scratch
+                Transformer (unless `decoder_type="gpt2"` asks for a random GPT-2).
+            tokenizer (*optional*):
+                Tokenizer whose vocabulary size and special tokens the config takes.
+            output_loading_info (`bool`, *optional*, defaults to `False`):
+                Also return `{"new_weights": [...], "pretrained_weights": {...}}`.
+            config_kwargs:
+                Any CaptionerConfig field (d_model, encoder_layers, position_embedding_type, ...).
+        """
+        vision_config = AutoConfig.from_pretrained(encoder_pretrained_model_name_or_path)
+        vision_model, vision_info = AutoModel.from_pretrained(
+            encoder_pretrained_model_name_or_path, output_loading_info=True, **vision_model_kwargs(vision_config)
+        )
+        if vision_model.get_output_embeddings() is not None:
+            raise ValueError(f"{encoder_pretrained_model_name_or_path} has a language-model head; pass a vision model.")
+        config_kwargs.setdefault("image_size", getattr(vision_model.config, "image_size", 224))
+        config_kwargs.setdefault("vision_model_name_or_path", str(encoder_pretrained_model_name_or_path))
+        if tokenizer is not None:
+            config_kwargs.update(special_tokens_from_tokenizer(tokenizer))
+
+        decoder, decoder_info = None, None
+        if decoder_pretrained_model_name_or_path is not None:
+            decoder_config = AutoConfig.from_pretrained(decoder_pretrained_model_name_or_path)
+            if decoder_config.model_type != "gpt2":
+                raise ValueError(
+                    f"{decoder_pretrained_model_name_or_path} is a {decoder_config.model_type!r} model; only GPT-2 "
+                    "decoders load pretrained (the Transformer decoder trains from scratch)."
+                )
+            decoder, decoder_info = GPT2LMHeadModel.from_pretrained(
+                decoder_pretrained_model_name_or_path, add_cross_attention=True, output_loading_info=True
+            )
+            config_kwargs["decoder_type"] = "gpt2"
+            config_kwargs["text_config"] = decoder.config
+            config_kwargs.setdefault("decoder_model_name_or_path", str(decoder_pretrained_model_name_or_path))
+            if tokenizer is None:
+                # GPT-2 has one special token: it starts, ends and pads captions.
+                eos = decoder.config.eos_token_id
+                config_kwargs.update(
+                    vocab_size=decoder.config.vocab_size,
+                    pad_token_id=eos,
+                    bos_token_id=decoder.config.bos_token_id,
+                    eos_token_id=eos,
+                    decoder_start_token_id=decoder.config.bos_token_id,
+                )
+            elif len(tokenizer) != decoder.config.vocab_size:
+                raise ValueError(
+                    f"The tokenizer has {len(tokenizer)} tokens but {decoder_pretrained_model_name_or_path} has "
+                    f"vocab_size={decoder.config.vocab_size}; use the decoder's own tokenizer."
+                )
+        config = CaptionerConfig(vision_config=vision_model.config, **config_kwargs)
+        model = cls(config, vision_model=vision_model, decoder=decoder)
+
+        pretrained = {f"encoder.backbone.{k}" for k in vision_model.state_dict()}
+        new_weights = [f"encoder.backbone.{k}" for k in vision_info["missing_keys"]]
+        if decoder is not None:
+            pretrained |= {f"decoder.{k}" for k in decoder.state_dict()}
+            new_weights += [f"decoder.{k}" for k in decoder_info["missing_keys"]]
+        new_weights = sorted(set(new_weights) | {k for k in model.state_dict() if k not in pretrained})
+        logger.warning(
+            f"Built a captioner from {encoder_pretrained_model_name_or_path}"
+            + (f" and {decoder_pretrained_model_name_or_path}" if decoder is not None else "")
+            + f"; {len(new_weights)} weight tensors are new and need training: "
+            + ", ".join(_summarise_names(new_weights))
+        )
+        if output_loading_info:
+            sources = {"encoder.backbone": str(encoder_pretrained_model_name_or_path)}
+            if decoder is not None:
+                sources["decoder"] = str(decoder_pretrained_model_name_or_path)
+            return model, {"new_weights": new_weights, "pretrained_weights": sources}
+        return model
+
+
+def _summarise_names(names: list[str]) -> list[str]:
+    """Group 'decoder.transformer.h.0.crossattention.c_attn.weight'-like names by module, with layer indices folded."""
+    groups = []
+    for name in names:
+        parts = [("*" if part.isdigit() else part) for part in name.split(".")[:-1]]
+        group = ".".join(parts) or name
+        if group not in groups:
+            groups.append(group)
+    return groups
+
+
+__all__ = [
+    "CaptionerForConditionalGeneration",
+    "CaptionerImageEncoder",
+    "CaptionerPreTrainedModel",
+    "CaptionerTransformerDecoder",
+    "DECODER_CLASSES",
+]
