@@ -138,7 +138,9 @@ class CaptionerAttention(nn.Module):
         if output_attentions or self.config._attn_implementation == "eager":
             scores = torch.matmul(query, key.transpose(-1, -2)) * self.scaling  # (B, H, T, S)
             if is_causal:
-                attention_mask = causal_mask(query_length, key_length, torch.zeros(1, key_length), query.device)
+                attention_mask = torch.ones(query_length, key_length, dtype=torch.bool, device=query.device).tril(
+                    key_length - query_length
+                )
             if attention_mask is not None:
                 scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
             attn_weights = scores.float().softmax(dim=-1).to(query.dtype)
@@ -441,8 +443,11 @@ class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixi
         if config.decoder_type == "gpt2":
             self.decoder.config = config.text_config
         self.post_init()
-        if self.generation_config is not None and self.generation_config.max_length == 20:
-            self.generation_config.max_length = min(config.max_position_embeddings, 64)
+        # Instead of transformers' model-agnostic 20 tokens, a caption may use the decoder's positions (start token
+        # included), up to 63 new tokens; max_new_tokens or max_length passed to generate() still take precedence.
+        gen = self.generation_config
+        if gen is not None and gen.max_length is None and gen.max_new_tokens is None:
+            gen.max_new_tokens = min(config.max_position_embeddings - 1, 63)
 
     def get_encoder(self, modality: str | None = None) -> CaptionerImageEncoder:
         return self.encoder

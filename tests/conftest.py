@@ -1,0 +1,51 @@
+"""Shared fixtures: a caption tokenizer built from real-looking captions, tiny configs for every encoder × decoder."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from captioning.synthetic import all_scenes, render_scene  # noqa: E402
+from modeling_captioner import CaptionerConfig, CaptionerForConditionalGeneration  # noqa: E402
+from tokenization import build_tokenizer  # noqa: E402
+
+ENCODERS = ("resnet", "vit")
+DECODERS = ("transformer", "gpt2")
+PAIRS = [(encoder, decoder) for encoder in ENCODERS for decoder in DECODERS]
+PAIR_IDS = [f"{encoder}-{decoder}" for encoder, decoder in PAIRS]
+
+FLICKR_STYLE = [
+    "A black dog is running through the grass .",
+    "Two children play on a swing set in a park .",
+    "A man in a red jacket climbs a snowy mountain .",
+    "A girl with an umbrella walks down a rainy street .",
+    "Three people sit on a bench near the water .",
+]
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    captions = [scene.caption for scene in all_scenes()] + FLICKR_STYLE
+    return build_tokenizer(captions, vocab_size=300)
+
+
+@pytest.fixture(params=PAIRS, ids=PAIR_IDS)
+def pair(request) -> tuple[str, str]:
+    return request.param
+
+
+def tiny_config(encoder: str, decoder: str, tokenizer, **overrides) -> CaptionerConfig:
+    return CaptionerConfig.from_preset("tiny", encoder=encoder, decoder=decoder, tokenizer=tokenizer, **overrides)
+
+
+def tiny_model(encoder: str, decoder: str, tokenizer, seed: int = 0, **overrides) -> CaptionerForConditionalGeneration:
+    torch.manual_seed(seed)
+    return CaptionerForConditionalGeneration(tiny_config(encoder, decoder, tokenizer, **overrides)).eval()
+
+
+def scene_images(count: int, image_size: int = 64):
+    scenes = all_scenes()[::3][:count]
+    return [render_scene(scene, image_size) for scene in scenes], [scene.caption for scene in scenes]

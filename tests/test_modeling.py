@@ -1,0 +1,241 @@
+"""CaptionerForConditionalGeneration on tiny configs, for every encoder × decoder: shapes, gradients, save/load,
+generate() modes, cache and batch equivalence, attention maps and bad inputs."""
+
+import pytest
+import torch
+from conftest import tiny_config, tiny_model
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+from transformers.modeling_outputs import BaseModelOutput
+
+from modeling_captioner import CaptionerForConditionalGeneration
+
+# Tiny presets at 32×32: ResNet (stride 8 after two stages) gives a 4×4 grid; ViT with 8-pixel patches 16 + CLS.
+IMAGE_POSITIONS = {"resnet": 16, "vit": 17}
+
+
+def random_inputs(model, batch_size: int = 2, length: int = 7, seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    config = model.config
+    pixel_values = torch.randn(batch_size, 3, config.image_size, config.image_size, generator=generator)
+    labels = torch.randint(5, config.vocab_size, (batch_size, length), generator=generator)
+    labels[-1, length - 2 :] = -100  # a shorter caption, padded
+    return {"pixel_values": pixel_values, "labels": labels}
+
+
+def strip_padding(row: torch.Tensor, pad_token_id: int) -> list[int]:
+    ids = row.tolist()
+    while len(ids) > 1 and ids[-1] == pad_token_id:
+        ids.pop()
+    return ids
+
+
+def test_forward_shapes_and_loss(pair, tokenizer):
+    encoder, decoder = pair
+    model = tiny_model(encoder, decoder, tokenizer)
+    inputs = random_inputs(model)
+    output = model(**inputs)
+    batch_size, length = inputs["labels"].shape
+    assert output.logits.shape == (batch_size, length, len(tokenizer))
+    assert output.encoder_last_hidden_state.shape == (batch_size, IMAGE_POSITIONS[encoder], model.config.d_model)
+    assert output.loss.ndim == 0 and torch.isfinite(output.loss)
+    # A random model's loss is near the uniform guess, ln(V): the loss really averages over the vocabulary.
+    assert abs(output.loss.item() - torch.log(torch.tensor(float(len(tokenizer)))).item()) < 1.0
+    assert not torch.isnan(output.logits).any()
+
+
+def test_loss_ignores_padding_labels(pair, tokenizer):
+    model = tiny_model(*pair, tokenizer)
+    inputs = random_inputs(model, batch_size=1, length=6)
+    inputs["labels"][0, -2:] = -100
+    full = model(**inputs)
+    decoder_input_ids = model.prepare_decoder_input_ids_from_labels(inputs["labels"])
+    logits = full.logits[0, :4]
+    expected = torch.nn.functional.cross_entropy(logits, inputs["labels"][0, :4])
+    assert torch.allclose(full.loss, expected, atol=1e-6)
+    assert decoder_input_ids[0, 0].item() == model.config.decoder_start_token_id
+    assert decoder_input_ids[0, 1:].tolist()[:4] == inputs["labels"][0, :4].tolist()
+
+
+def test_every_trainable_parameter_gets_a_gradient(pair, tokenizer):
+    model = tiny_model(*pair, tokenizer).train()
+    model(**random_inputs(model)).loss.backward()
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    zero = [name for name, p in model.named_parameters() if p.grad is not None and not p.grad.abs().sum() > 0]
+    not_finite = [name for name, p in model.named_parameters() if p.grad is not None and not p.grad.isfinite().all()]
+    assert not missing, f"parameters without gradient: {missing}"
+    assert not zero, f"parameters with an all-zero gradient: {zero}"
+    assert not not_finite, f"parameters with NaN/inf gradient: {not_finite}"
+
+
+def test_output_embeddings_tied(pair, tokenizer):
+    model = tiny_model(*pair, tokenizer)
+    assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+
+
+def test_save_load_round_trip(pair, tokenizer, tmp_path):
+    model = tiny_model(*pair, tokenizer)
+    inputs = random_inputs(model)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    assert not (tmp_path / "pytorch_model.bin").exists()
+    for auto_class in (AutoModel, AutoModelForImageTextToText, CaptionerForConditionalGeneration):
+        reloaded = auto_class.from_pretrained(tmp_path).eval()
+        assert type(reloaded) is CaptionerForConditionalGeneration
+        with torch.no_grad():
+            torch.testing.assert_close(reloaded(**inputs).logits, model(**inputs).logits, atol=1e-5, rtol=0)
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert config.decoder_type == pair[1] and config.vision_config.model_type == pair[0]
+
+
+def test_generate_greedy_beam_sample(pair, tokenizer):
+    model = tiny_model(*pair, tokenizer)
+    pixel_values = random_inputs(model)["pixel_values"]
+    start = model.config.decoder_start_token_id
+
+    greedy = model.generate(pixel_values, max_new_tokens=6)
+    assert greedy.shape[0] == 2 and greedy.shape[1] <= 7 and (greedy[:, 0] == start).all()
+    # Greedy decoding is the argmax of the teacher-forced logits over its own output.
+    logits = model(pixel_values=pixel_values, decoder_input_ids=greedy[:, :-1]).logits
+    assert torch.equal(logits.argmax(-1)[:, 0], greedy[:, 1])
+
+    beams = model.generate(
+        pixel_values, num_beams=4, num_return_sequences=2, length_penalty=0.6, no_repeat_ngram_size=2,
+        max_new_tokens=8,
+    )
+    assert beams.shape[0] == 4
+    for row in beams.tolist():
+        bigrams = [tuple(row[i : i + 2]) for i in range(len(row) - 1) if model.config.pad_token_id not in row[i : i + 2]]
+        assert len(bigrams) == len(set(bigrams)), f"no_repeat_ngram_size=2 violated in {row}"
+
+    torch.manual_seed(3)
+    sampled = model.generate(pixel_values, do_sample=True, temperature=0.8, top_k=20, top_p=0.9, max_new_tokens=6)
+    torch.manual_seed(3)
+    again = model.generate(pixel_values, do_sample=True, temperature=0.8, top_k=20, top_p=0.9, max_new_tokens=6)
+    assert torch.equal(sampled, again)
+    hot = [model.generate(pixel_values, do_sample=True, temperature=5.0, max_new_tokens=6) for _ in range(3)]
+    assert any(not torch.equal(hot[0], other) for other in hot[1:]), "sampling at temperature 5 never varied"
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_generate_with_and_without_cache_agree(pair, tokenizer, num_beams):
+    model = tiny_model(*pair, tokenizer)
+    pixel_values = random_inputs(model, batch_size=3)["pixel_values"]
+    cached = model.generate(pixel_values, num_beams=num_beams, max_new_tokens=10, use_cache=True)
+    uncached = model.generate(pixel_values, num_beams=num_beams, max_new_tokens=10, use_cache=False)
+    assert torch.equal(cached, uncached)
+
+
+def test_batched_generation_matches_single_images(pair, tokenizer):
+    model = tiny_model(*pair, tokenizer)
+    pixel_values = random_inputs(model, batch_size=3)["pixel_values"]
+    batched = model.generate(pixel_values, num_beams=5, max_new_tokens=10)
+    for i in range(3):
+        single = model.generate(pixel_values[i : i + 1], num_beams=5, max_new_tokens=10)[0]
+        pad = model.config.pad_token_id
+        assert strip_padding(batched[i], pad) == strip_padding(single, pad)
+
+
+def test_cross_attention_keys_values_projected_once_per_image(pair, tokenizer):
+    model = tiny_model(*pair, tokenizer)
+    pixel_values = random_inputs(model, batch_size=2)["pixel_values"]
+    if pair[1] == "transformer":
+        projections = [layer.cross_attn.k_proj for layer in model.decoder.layers]
+    else:
+        projections = [block.crossattention.c_attn for block in model.decoder.transformer.h]
+    calls = []
+    hooks = [p.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0])) for p in projections]
+    try:
+        ids = model.generate(pixel_values, max_new_tokens=8, min_new_tokens=8)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert ids.shape[1] == 9
+    assert len(calls) == len(projections), f"cross-attention K/V projected {len(calls)} times for 8 steps"
+
+
+def test_cross_attentions_are_maps_over_image_positions(pair, tokenizer):
+    encoder, decoder = pair
+    model = tiny_model(encoder, decoder, tokenizer)
+    inputs = random_inputs(model)
+    output = model(**inputs, output_attentions=True)
+    heads = model.config.decoder_attention_heads
+    assert len(output.cross_attentions) == model.config.decoder_layers
+    for maps in output.cross_attentions:
+        assert maps.shape == (2, heads, inputs["labels"].shape[1], IMAGE_POSITIONS[encoder])
+        torch.testing.assert_close(maps.sum(-1), torch.ones(maps.shape[:-1]))
+    # Asking for maps switches nothing else: the logits are those of the fast path.
+    torch.testing.assert_close(output.logits, model(**inputs).logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("position_embedding_type", ["learned", "sinusoidal_2d", "none"])
+@pytest.mark.parametrize("encoder", ["resnet", "vit"])
+def test_position_embedding_types(encoder, position_embedding_type, tokenizer):
+    model = tiny_model(encoder, "transformer", tokenizer, position_embedding_type=position_embedding_type)
+    assert hasattr(model.encoder, "position_embeddings") == (position_embedding_type == "learned")
+    pixel_values = random_inputs(model)["pixel_values"]
+    features = model.encoder(pixel_values).last_hidden_state
+    assert features.shape == (2, IMAGE_POSITIONS[encoder], model.config.d_model)
+    # With identical features everywhere, only positions can tell image positions apart.
+    model.encoder.backbone = ConstantBackbone(features_shape={"resnet": (2, 32, 4, 4), "vit": (2, 17, 32)}[encoder])
+    rows = model.encoder(pixel_values).last_hidden_state[0]
+    first_patch = 1 if encoder == "vit" else 0
+    varies = (rows[first_patch:] - rows[first_patch]).abs().max() > 1e-4
+    assert bool(varies) == (position_embedding_type != "none")
+
+
+class ConstantBackbone(torch.nn.Module):
+    """Stands in for a vision backbone whose every position sees the same feature."""
+
+    def __init__(self, features_shape: tuple[int, ...]):
+        super().__init__()
+        self.features_shape = features_shape
+
+    def forward(self, pixel_values, return_dict=True):
+        return BaseModelOutput(last_hidden_state=torch.ones(self.features_shape))
+
+
+def test_bad_pixel_values_raise_clear_errors(pair, tokenizer):
+    model = tiny_model(*pair, tokenizer)
+    size = model.config.image_size
+    with pytest.raises(ValueError, match=r"shape \(batch_size, 3, height, width\).*\(3, 32, 32\)"):
+        model(pixel_values=torch.randn(3, size, size), labels=torch.tensor([[5, 6]]))
+    with pytest.raises(ValueError, match=r"shape \(batch_size, 3, height, width\).*\(1, 4, 32, 32\)"):
+        model.generate(torch.randn(1, 4, size, size))
+    with pytest.raises(ValueError, match="float tensor"):
+        model.generate(torch.zeros(1, 3, size, size, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="pixel_values"):
+        model(decoder_input_ids=torch.tensor([[2]]))
+    if pair[0] == "vit":
+        with pytest.raises(ValueError, match="do not match this ViT's image size"):
+            model.generate(torch.randn(1, 3, 48, 48))
+
+
+def test_bad_labels_and_lengths_raise_clear_errors(pair, tokenizer):
+    model = tiny_model(*pair, tokenizer)
+    pixel_values = random_inputs(model)["pixel_values"]
+    vocab_size = len(tokenizer)
+    with pytest.raises(ValueError, match=rf"outside \[0, {vocab_size}\)"):
+        model(pixel_values=pixel_values, labels=torch.tensor([[5, vocab_size], [5, 6]]))
+    with pytest.raises(ValueError, match="labels or decoder_input_ids"):
+        model(pixel_values=pixel_values)
+    if pair[1] == "transformer":
+        too_long = torch.full((2, model.config.max_position_embeddings + 1), 5)
+        with pytest.raises(ValueError, match="max_position_embeddings"):
+            model(pixel_values=pixel_values, labels=too_long)
+
+
+@pytest.mark.parametrize("decoder", ["transformer", "gpt2"])
+def test_decoder_attention_mask_hides_padding(decoder, tokenizer):
+    """With a mask, whatever sits in the masked (left-padding) positions cannot change the real tokens' logits."""
+    model = tiny_model("resnet", decoder, tokenizer)
+    pixel_values = random_inputs(model, batch_size=1)["pixel_values"]
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1]])
+    first = torch.tensor([[0, 0, 2, 7, 9, 11]])
+    second = torch.tensor([[40, 41, 2, 7, 9, 11]])
+    logits = [
+        model(pixel_values=pixel_values, decoder_input_ids=ids, decoder_attention_mask=mask).logits[0, 2:]
+        for ids in (first, second)
+    ]
+    torch.testing.assert_close(logits[0], logits[1], atol=1e-5, rtol=0)
+    unmasked = model(pixel_values=pixel_values, decoder_input_ids=second).logits[0, 2:]
+    assert not torch.allclose(unmasked, logits[1], atol=1e-3), "without the mask the padding should leak in"
