@@ -163,8 +163,7 @@ class CaptionerConfig(PreTrainedConfig):
         for name, value in heads.items():
             if not isinstance(value, int) or value <= 0 or self.d_model % value:
                 raise ValueError(
-                    f"CaptionerConfig.{name}={value!r} must be a positive integer that divides "
-                    f"d_model={self.d_model}."
+                    f"CaptionerConfig.{name}={value!r} must be a positive integer that divides d_model={self.d_model}."
                 )
         if self.position_embedding_type == "sinusoidal_2d" and self.d_model % 4:
             raise ValueError(
@@ -251,7 +250,9 @@ def special_tokens_from_tokenizer(tokenizer: Any) -> dict[str, int]:
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
     if eos is None:
-        raise ValueError(f"The tokenizer {type(tokenizer).__name__} has neither an EOS nor a SEP token to end captions.")
+        raise ValueError(
+            f"The tokenizer {type(tokenizer).__name__} has neither an EOS nor a SEP token to end captions."
+        )
     bos = eos if bos is None else bos
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     return {
@@ -325,8 +326,13 @@ PRESETS: dict[str, dict[str, Any]] = {
             "vocab_size": 15000,
         },
         "gpt2": {"source": "gpt2"},
-        "gpt2_tokens": {"vocab_size": 50257, "pad_token_id": 50256, "bos_token_id": 50256, "eos_token_id": 50256,
-                        "decoder_start_token_id": 50256},
+        "gpt2_tokens": {
+            "vocab_size": 50257,
+            "pad_token_id": 50256,
+            "bos_token_id": 50256,
+            "eos_token_id": 50256,
+            "decoder_start_token_id": 50256,
+        },
     },
     # ViT-Base + GPT-2 small joined by cross-attention (the vit-gpt2 recipe), GPT-2's own vocabulary.
     "vit-gpt2": {
@@ -335,8 +341,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "vision": {"vit": _vit_base, "resnet": _resnet101},
         "fields": {"vocab_size": 50257, "max_position_embeddings": 1024},
         "gpt2": {"source": "gpt2"},
-        "gpt2_tokens": {"vocab_size": 50257, "pad_token_id": 50256, "bos_token_id": 50256, "eos_token_id": 50256,
-                        "decoder_start_token_id": 50256},
+        "gpt2_tokens": {
+            "vocab_size": 50257,
+            "pad_token_id": 50256,
+            "bos_token_id": 50256,
+            "eos_token_id": 50256,
+            "decoder_start_token_id": 50256,
+        },
     },
 }
 

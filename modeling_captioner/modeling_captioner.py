@@ -65,9 +65,7 @@ def sinusoidal_2d_positions(height: int, width: int, dim: int, device, dtype) ->
     return positions.to(dtype)  # (h*w, dim)
 
 
-def causal_mask(
-    query_length: int, key_length: int, padding_mask: torch.Tensor | None, device
-) -> torch.Tensor | None:
+def causal_mask(query_length: int, key_length: int, padding_mask: torch.Tensor | None, device) -> torch.Tensor | None:
     """Boolean mask (True = may attend) for decoder self-attention, or None where SDPA's own `is_causal` (square,
     no padding) or no mask at all (one new token) is exact."""
     no_padding = padding_mask is None or bool(padding_mask.all())
@@ -106,7 +104,9 @@ class CaptionerAttention(nn.Module):
 
     def _split_heads(self, states: torch.Tensor) -> torch.Tensor:
         batch_size, length, _ = states.shape
-        return states.view(batch_size, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, L, C) -> (B, H, L, D)
+        return states.view(batch_size, length, self.num_heads, self.head_dim).transpose(
+            1, 2
+        )  # (B, L, C) -> (B, H, L, D)
 
     def forward(
         self,
@@ -151,7 +151,9 @@ class CaptionerAttention(nn.Module):
                 query, key, value, attn_mask=attention_mask, dropout_p=dropout, is_causal=is_causal, scale=self.scaling
             )
         batch_size = attn_output.shape[0]
-        attn_output = attn_output.transpose(1, 2).reshape(batch_size, query_length, self.embed_dim)  # (B,H,T,D)->(B,T,C)
+        attn_output = attn_output.transpose(1, 2).reshape(
+            batch_size, query_length, self.embed_dim
+        )  # (B,H,T,D)->(B,T,C)
         return self.out_proj(attn_output), attn_weights
 
 
@@ -251,13 +253,17 @@ class CaptionerImageEncoder(nn.Module):
     def check_pixel_values(self, pixel_values: torch.Tensor) -> None:
         channels = getattr(self.config.vision_config, "num_channels", 3)
         if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4 or pixel_values.shape[1] != channels:
-            shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
+            shape = (
+                tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
+            )
             raise ValueError(
                 f"pixel_values must be a float tensor of shape (batch_size, {channels}, height, width); got {shape}. "
                 "Use the model's processor to turn images into pixel_values."
             )
         if not pixel_values.is_floating_point():
-            raise ValueError(f"pixel_values must be a float tensor (normalised images), got dtype {pixel_values.dtype}.")
+            raise ValueError(
+                f"pixel_values must be a float tensor (normalised images), got dtype {pixel_values.dtype}."
+            )
         image_size = getattr(self.config.vision_config, "image_size", None)
         if self.config.vision_config.model_type == "vit" and tuple(pixel_values.shape[2:]) != (image_size, image_size):
             raise ValueError(
@@ -611,8 +617,13 @@ class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixi
             encoder_pretrained_model_name_or_path, output_loading_info=True, **vision_model_kwargs(vision_config)
         )
         if vision_model.get_output_embeddings() is not None:
-            raise ValueError(f"{encoder_pretrained_model_name_or_path} has a language-model head; pass a vision model.")
+            raise ValueError(
+                f"{encoder_pretrained_model_name_or_path} has a language-model head; pass a vision model."
+            )
         config_kwargs.setdefault("image_size", getattr(vision_model.config, "image_size", 224))
+        if not getattr(vision_model.config, "hidden_sizes", None):
+            # Token backbones (ViT) carry their own patch positions, as in the "vit-gpt2" preset.
+            config_kwargs.setdefault("position_embedding_type", "none")
         config_kwargs.setdefault("vision_model_name_or_path", str(encoder_pretrained_model_name_or_path))
         if tokenizer is not None:
             config_kwargs.update(special_tokens_from_tokenizer(tokenizer))

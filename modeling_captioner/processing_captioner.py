@@ -22,12 +22,14 @@ _HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 def _to_8bit(image: PIL.Image.Image) -> PIL.Image.Image:
     values = np.asarray(image, dtype=np.float32)
-    if image.mode.startswith("I;16"):
-        values = values / 257.0
-    elif image.mode == "F" and values.size and values.max() <= 1.0:
+    peak = float(values.max()) if values.size else 0.0
+    if image.mode == "F" and peak <= 1.0:
         values = values * 255.0
-    elif values.size and values.max() > 255:
-        values = values * (255.0 / values.max())
+    elif image.mode.startswith("I;16") or 255 < peak <= 65535:
+        # Pillow opens 16-bit PNG/TIFF as "I;16" or "I": either way the full range is 0..65535.
+        values = values / 257.0
+    elif peak > 65535:
+        values = values * (255.0 / peak)
     return PIL.Image.fromarray(np.clip(values, 0, 255).round().astype(np.uint8), mode="L")
 
 

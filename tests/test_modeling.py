@@ -3,7 +3,7 @@ generate() modes, cache and batch equivalence, attention maps and bad inputs."""
 
 import pytest
 import torch
-from conftest import tiny_config, tiny_model
+from conftest import tiny_model
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
 from transformers.modeling_outputs import BaseModelOutput
 
@@ -99,12 +99,18 @@ def test_generate_greedy_beam_sample(pair, tokenizer):
     assert torch.equal(logits.argmax(-1)[:, 0], greedy[:, 1])
 
     beams = model.generate(
-        pixel_values, num_beams=4, num_return_sequences=2, length_penalty=0.6, no_repeat_ngram_size=2,
+        pixel_values,
+        num_beams=4,
+        num_return_sequences=2,
+        length_penalty=0.6,
+        no_repeat_ngram_size=2,
         max_new_tokens=8,
     )
     assert beams.shape[0] == 4
     for row in beams.tolist():
-        bigrams = [tuple(row[i : i + 2]) for i in range(len(row) - 1) if model.config.pad_token_id not in row[i : i + 2]]
+        bigrams = [
+            tuple(row[i : i + 2]) for i in range(len(row) - 1) if model.config.pad_token_id not in row[i : i + 2]
+        ]
         assert len(bigrams) == len(set(bigrams)), f"no_repeat_ngram_size=2 violated in {row}"
 
     torch.manual_seed(3)

@@ -1,0 +1,104 @@
+"""Saved folders load in a fresh process: with the package imported, and with trust_remote_code=True where
+`modeling_captioner` cannot be imported at all (the files saved beside the weights are all it needs)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import PAIRS, scene_images, tiny_model
+
+from modeling_captioner import CaptionerProcessor, build_image_processor
+
+FRESH_PROCESS = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    mode, folders, images = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+    if mode == "remote":
+        sys.modules["modeling_captioner"] = None  # importing it now raises ImportError
+        try:
+            import modeling_captioner  # noqa: F401
+            raise SystemExit("modeling_captioner is still importable")
+        except ImportError:
+            pass
+    else:
+        import modeling_captioner  # noqa: F401  (registers the Auto classes)
+    from transformers import AutoModel, AutoProcessor
+    trust = mode == "remote"
+    results = {}
+    for folder in folders:
+        model = AutoModel.from_pretrained(folder, trust_remote_code=trust)
+        processor = AutoProcessor.from_pretrained(folder, trust_remote_code=trust)
+        ids = model.generate(**processor(images=images, return_tensors="pt"), num_beams=5, max_new_tokens=8)
+        results[folder] = {
+            "ids": ids.tolist(),
+            "captions": processor.batch_decode(ids, skip_special_tokens=True),
+            "model_module": type(model).__module__,
+            "processor_module": type(processor).__module__,
+        }
+    print(json.dumps(results))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("saved")
+    images, _ = scene_images(2)
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(str(root / f"image{i}.png"))
+        image.save(paths[-1])
+    folders, expected = [], {}
+    for encoder, decoder in PAIRS:
+        model = tiny_model(encoder, decoder, tokenizer)
+        processor = CaptionerProcessor(build_image_processor(model.config), tokenizer)
+        folder = str(root / f"{encoder}-{decoder}")
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        with torch.no_grad():
+            ids = model.generate(**processor(images=paths), num_beams=5, max_new_tokens=8)
+        folders.append(folder)
+        expected[folder] = ids.tolist()
+    return folders, paths, expected
+
+
+@pytest.mark.parametrize("mode", ["installed", "remote"])
+def test_fresh_process_loads_and_captions_every_pair(mode, saved, tmp_path):
+    folders, images, expected = saved
+    for folder in folders:
+        for name in (
+            "modeling_captioner.py",
+            "configuration_captioner.py",
+            "processing_captioner.py",
+            "model.safetensors",
+            "tokenizer.json",
+            "processor_config.json",
+        ):
+            assert os.path.isfile(os.path.join(folder, name)), f"{name} missing from {folder}"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    if mode == "remote":
+        env["PYTHONPATH"] = ""
+    completed = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, mode, json.dumps(folders), json.dumps(images)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads(completed.stdout.strip().splitlines()[-1])
+    for folder in folders:
+        result = results[folder]
+        assert result["ids"] == expected[folder]
+        assert len(result["captions"]) == 2 and all(isinstance(c, str) for c in result["captions"])
+        if mode == "remote":
+            assert result["model_module"].startswith("transformers_modules.")
+            assert result["processor_module"].startswith("transformers_modules.")
+        else:
+            assert result["model_module"] == "modeling_captioner.modeling_captioner"
