@@ -287,6 +287,15 @@ def _vit_base():
     return ViTConfig(image_size=224, patch_size=16, hidden_size=768), "google/vit-base-patch16-224-in21k"
 
 
+# GPT-2 has one special token (50256): it starts, ends and pads captions.
+GPT2_TOKENS = {
+    "vocab_size": 50257,
+    "pad_token_id": 50256,
+    "bos_token_id": 50256,
+    "eos_token_id": 50256,
+    "decoder_start_token_id": 50256,
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
     # A few hundred thousand parameters: for tests, the README and CPU experiments.
     "tiny": {
@@ -326,13 +335,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "vocab_size": 15000,
         },
         "gpt2": {"source": "gpt2"},
-        "gpt2_tokens": {
-            "vocab_size": 50257,
-            "pad_token_id": 50256,
-            "bos_token_id": 50256,
-            "eos_token_id": 50256,
-            "decoder_start_token_id": 50256,
-        },
+        "gpt2_tokens": GPT2_TOKENS,
     },
     # ViT-Base + GPT-2 small joined by cross-attention (the vit-gpt2 recipe), GPT-2's own vocabulary.
     "vit-gpt2": {
@@ -341,13 +344,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "vision": {"vit": _vit_base, "resnet": _resnet101},
         "fields": {"vocab_size": 50257, "max_position_embeddings": 1024},
         "gpt2": {"source": "gpt2"},
-        "gpt2_tokens": {
-            "vocab_size": 50257,
-            "pad_token_id": 50256,
-            "bos_token_id": 50256,
-            "eos_token_id": 50256,
-            "decoder_start_token_id": 50256,
-        },
+        "gpt2_tokens": GPT2_TOKENS,
     },
 }
 

@@ -42,9 +42,15 @@ def vision_feature_size(vision_config) -> int:
 
 
 def vision_model_kwargs(vision_config) -> dict:
-    """A pooling head after the backbone would hold parameters no caption loss reaches, so it is left out where the
-    model class allows it (ViTModel and similar)."""
-    model_class = AutoModel._model_mapping[type(vision_config)]
+    """Check that `vision_config` builds a vision model (one that reads pixel_values) and return the keyword arguments
+    for building it: a pooling head after the backbone would hold parameters no caption loss reaches, so it is left
+    out where the model class allows it (ViTModel and similar)."""
+    model_class = AutoModel._model_mapping.get(type(vision_config), None)
+    if model_class is None or getattr(model_class, "main_input_name", None) != "pixel_values":
+        raise ValueError(
+            f"vision_config is a {type(vision_config).__name__}, which does not build a vision model reading "
+            "pixel_values; use the config of a 🤗 vision model (ResNet, ViT, ConvNeXt, ...)."
+        )
     if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
         return {"add_pooling_layer": False}
     return {}

@@ -245,3 +245,21 @@ def test_decoder_attention_mask_hides_padding(decoder, tokenizer):
     torch.testing.assert_close(logits[0], logits[1], atol=1e-5, rtol=0)
     unmasked = model(pixel_values=pixel_values, decoder_input_ids=second).logits[0, 2:]
     assert not torch.allclose(unmasked, logits[1], atol=1e-3), "without the mask the padding should leak in"
+
+
+def test_any_grid_backbone_works_convnext(tokenizer):
+    from transformers import ConvNextConfig
+
+    vision_config = ConvNextConfig(hidden_sizes=[16, 32], depths=[1, 1], num_stages=2)
+    model = tiny_model("resnet", "transformer", tokenizer, vision_config=vision_config)
+    assert type(model.encoder.backbone).__name__ == "ConvNextModel"
+    output = model(**random_inputs(model))
+    assert output.encoder_last_hidden_state.shape == (2, 16, model.config.d_model)
+    assert model.generate(random_inputs(model)["pixel_values"], max_new_tokens=3).shape[0] == 2
+
+
+def test_vision_config_without_automodel_is_rejected(tokenizer):
+    from transformers import GPT2Config
+
+    with pytest.raises(ValueError, match="GPT2Config, which does not build a vision model reading pixel_values"):
+        tiny_model("resnet", "transformer", tokenizer, vision_config=GPT2Config(n_layer=1))
