@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # never a looser request that would pull gigabytes of CUDA packages.
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==2.13.0"
-	$(PYTHON) -m pip install -e ".[dev]"
+	$(PYTHON) -m pip install -e ".[dev,train]"
 
 demo: install
 	$(PYTHON) -m captioning.demo --output_dir outputs/demo
