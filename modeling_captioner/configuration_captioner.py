@@ -206,7 +206,7 @@ class CaptionerConfig(PreTrainedConfig):
         Build a complete config from a named preset (see `PRESETS`).
 
         Args:
-            name (`str`): one of `"tiny"`, `"resnet101-transformer"`, `"vit-gpt2"`.
+            name (`str`): one of `"tiny"`, `"small"`, `"resnet101-transformer"`, `"vit-gpt2"`.
             encoder (`str`, *optional*): `"resnet"` or `"vit"`, to swap the preset's vision backbone for the same
                 preset's other one (the tiny preset has tiny versions of both).
             decoder (`str`, *optional*): `"transformer"` or `"gpt2"`, likewise.
@@ -275,6 +275,17 @@ def _tiny_vit():
     return config, None
 
 
+def _small_resnet():
+    return ResNetConfig(embedding_size=32, hidden_sizes=[32, 64, 128], depths=[1, 1, 1], layer_type="basic"), None
+
+
+def _small_vit():
+    config = ViTConfig(
+        image_size=64, patch_size=8, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256
+    )
+    return config, None
+
+
 def _resnet101():
     # microsoft/resnet-101's architecture; weights come from the hub only through from_encoder_decoder_pretrained.
     config = ResNetConfig(
@@ -317,6 +328,28 @@ PRESETS: dict[str, dict[str, Any]] = {
             "dropout": 0.0,
         },
         "gpt2": {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 32, "vocab_size": 1000},
+    },
+    # About a million parameters on 64×64 images: the default of train.py, which learns the built-in synthetic
+    # dataset on a 2-core CPU in minutes.
+    "small": {
+        "encoder": "resnet",
+        "decoder": "transformer",
+        "vision": {"resnet": _small_resnet, "vit": _small_vit},
+        "fields": {
+            "image_size": 64,
+            "d_model": 128,
+            "encoder_layers": 1,
+            "encoder_attention_heads": 4,
+            "encoder_ffn_dim": 256,
+            "decoder_layers": 2,
+            "decoder_attention_heads": 4,
+            "decoder_ffn_dim": 256,
+            "max_position_embeddings": 40,
+            "max_image_positions": 128,
+            "vocab_size": 1000,
+            "dropout": 0.1,
+        },
+        "gpt2": {"n_embd": 128, "n_layer": 2, "n_head": 4, "n_positions": 40, "vocab_size": 1000},
     },
     # The seed system: ResNet-101 grid features, 1-D learned positions, 3 encoder + 4 decoder layers, 8 heads.
     "resnet101-transformer": {

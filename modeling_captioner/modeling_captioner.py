@@ -307,16 +307,26 @@ class CaptionerImageEncoder(nn.Module):
             return F.pad(grid_positions, (0, 0, prefix, 0))  # prefix (CLS) tokens get no position
         return None
 
+    def backbone_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The backbone's last_hidden_state: what a feature cache stores while the backbone is frozen."""
+        self.check_pixel_values(pixel_values)
+        return self.backbone(pixel_values=pixel_values, return_dict=True).last_hidden_state
+
     def forward(
         self,
-        pixel_values: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        vision_features: torch.Tensor | None = None,
         **kwargs,
     ) -> BaseModelOutput:
-        self.check_pixel_values(pixel_values)
-        features = self.backbone(pixel_values=pixel_values, return_dict=True).last_hidden_state
+        if vision_features is not None:
+            features = vision_features
+        elif pixel_values is not None:
+            features = self.backbone_features(pixel_values)
+        else:
+            raise ValueError("The image encoder needs pixel_values (or precomputed vision_features).")
         grid = None
         if features.ndim == 4:
             grid = features.shape[2], features.shape[3]
@@ -491,6 +501,7 @@ class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixi
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        vision_features: torch.Tensor | None = None,
         **kwargs,
     ) -> Seq2SeqLMOutput | tuple:
         r"""
@@ -507,6 +518,9 @@ class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixi
             Self- and cross-attention keys/values of earlier steps.
         labels (`torch.LongTensor` of shape `(batch_size, target_length)`, *optional*):
             Caption token ids ending in EOS; -100 marks positions the loss ignores (padding).
+        vision_features (`torch.FloatTensor`, *optional*):
+            The vision backbone's `last_hidden_state` for these images, precomputed (a feature cache while the
+            backbone is frozen); replaces `pixel_values`, the bridge and decoder still run.
         output_attentions (`bool`, *optional*):
             Also return `cross_attentions`: one tensor per decoder layer of shape `(batch_size, num_heads,
             target_length, num_image_positions)`.
@@ -519,10 +533,13 @@ class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixi
         use_cache = use_cache if use_cache is not None else self.config.use_cache
 
         if encoder_outputs is None:
-            if pixel_values is None:
+            if pixel_values is None and vision_features is None:
                 raise ValueError("CaptionerForConditionalGeneration needs pixel_values (or encoder_outputs).")
             encoder_outputs = self.encoder(
-                pixel_values, output_attentions=output_attentions, output_hidden_states=output_hidden_states
+                pixel_values,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+                vision_features=vision_features,
             )
         elif isinstance(encoder_outputs, (tuple, list)):
             encoder_outputs = BaseModelOutput(*encoder_outputs)

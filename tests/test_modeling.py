@@ -263,3 +263,11 @@ def test_vision_config_without_automodel_is_rejected(tokenizer):
 
     with pytest.raises(ValueError, match="GPT2Config, which does not build a vision model reading pixel_values"):
         tiny_model("resnet", "transformer", tokenizer, vision_config=GPT2Config(n_layer=1))
+
+
+def test_precomputed_vision_features_give_the_same_outputs(pair, tokenizer):
+    model = tiny_model(*pair, tokenizer)
+    inputs = random_inputs(model)
+    features = model.encoder.backbone_features(inputs["pixel_values"])
+    from_features = model(vision_features=features, labels=inputs["labels"])
+    torch.testing.assert_close(from_features.logits, model(**inputs).logits, atol=0, rtol=0)

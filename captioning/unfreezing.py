@@ -1,0 +1,118 @@
+"""Staged unfreezing as a declared schedule: which parameter groups train from which epoch, and at what learning rate
+scale (new parts first, then the pretrained decoder, then the pretrained encoder at a lower rate)."""
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+# Every parameter of a captioner belongs to exactly one group.
+GROUPS = ("encoder", "bridge", "cross_attention", "decoder")
+
+
+def parameter_group(name: str) -> str:
+    """The group of a CaptionerForConditionalGeneration parameter, from its name."""
+    if name.startswith("encoder.backbone."):
+        return "encoder"
+    if name.startswith("encoder."):
+        return "bridge"
+    # From-scratch decoder: layers.N.cross_attn*; GPT-2: h.N.crossattention.* and h.N.ln_cross_attn.*
+    if ".cross_attn" in name or ".crossattention." in name or ".ln_cross_attn." in name:
+        return "cross_attention"
+    if name.startswith("decoder."):
+        return "decoder"
+    raise ValueError(f"Parameter {name!r} belongs to no unfreezing group {GROUPS}.")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """From `start_epoch` on, the parameters of `groups` train (all others are frozen)."""
+
+    start_epoch: int
+    groups: tuple[str, ...]
+
+
+@dataclass
+class UnfreezingSchedule:
+    stages: list[Stage]
+    lr_scales: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.stages:
+            raise ValueError("An unfreezing schedule needs at least one stage.")
+        starts = [stage.start_epoch for stage in self.stages]
+        if starts[0] != 0 or starts != sorted(set(starts)):
+            raise ValueError(f"Stage start epochs must begin at 0 and increase strictly; got {starts}.")
+        for stage in self.stages:
+            unknown = set(stage.groups) - set(GROUPS)
+            if unknown:
+                raise ValueError(f"Unknown parameter group(s) {sorted(unknown)} in the schedule; use {GROUPS}.")
+
+    @classmethod
+    def parse(cls, text: str, lr_scales: dict[str, float] | None = None) -> "UnfreezingSchedule":
+        """Parse "bridge,cross_attention,decoder@0;encoder@2": groups that join at each epoch (they stay unfrozen)."""
+        stages, trainable = [], []
+        for part in filter(None, (p.strip() for p in text.split(";"))):
+            groups, _, epoch = part.partition("@")
+            if not epoch.strip().isdigit():
+                raise ValueError(f"Schedule part {part!r} must look like 'group,group@EPOCH' (e.g. 'encoder@2').")
+            trainable += [g.strip() for g in groups.split(",") if g.strip() and g.strip() not in trainable]
+            stages.append(Stage(int(epoch), tuple(trainable)))
+        return cls(stages, dict(lr_scales or {}))
+
+    @classmethod
+    def default(
+        cls, encoder_pretrained: bool, decoder_pretrained: bool, encoder_lr_scale: float = 0.1
+    ) -> "UnfreezingSchedule":
+        """New parts (bridge, cross-attention, any randomly initialised part) first; a pretrained decoder joins at
+        epoch 1, a pretrained encoder one epoch later at `encoder_lr_scale` times the learning rate."""
+        groups = ["bridge", "cross_attention"]
+        if not decoder_pretrained:
+            groups.append("decoder")
+        if not encoder_pretrained:
+            groups.append("encoder")
+        stages = [Stage(0, tuple(groups))]
+        if decoder_pretrained:
+            groups = [*groups, "decoder"]
+            stages.append(Stage(stages[-1].start_epoch + 1, tuple(groups)))
+        if encoder_pretrained:
+            stages.append(Stage(stages[-1].start_epoch + 1, (*groups, "encoder")))
+        return cls(stages, {"encoder": encoder_lr_scale} if encoder_pretrained else {})
+
+    def stage_index(self, epoch: int) -> int:
+        return max(i for i, stage in enumerate(self.stages) if stage.start_epoch <= epoch)
+
+    def trainable_groups(self, epoch: int) -> tuple[str, ...]:
+        return self.stages[self.stage_index(epoch)].groups
+
+    def apply(self, model: nn.Module, epoch: int) -> tuple[str, ...]:
+        """Set requires_grad for the stage of `epoch`; a frozen backbone also goes to eval mode (in `train_mode`)."""
+        groups = self.trainable_groups(epoch)
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(parameter_group(name) in groups)
+        return groups
+
+    def describe(self, model: nn.Module) -> str:
+        """Trainable parameters per stage, for --dry_run."""
+        sizes = dict.fromkeys(GROUPS, 0)
+        for name, parameter in model.named_parameters():
+            sizes[parameter_group(name)] += parameter.numel()
+        lines = []
+        for i, stage in enumerate(self.stages):
+            trainable = sum(sizes[g] for g in stage.groups)
+            parts = ", ".join(
+                f"{g} {sizes[g]:,}" + (f" (lr ×{self.lr_scales[g]})" if g in self.lr_scales else "")
+                for g in stage.groups
+            )
+            frozen = [g for g in GROUPS if g not in stage.groups and sizes[g]]
+            lines.append(
+                f"stage {i + 1} from epoch {stage.start_epoch}: {trainable:,} trainable parameters [{parts}]"
+                + (f"; frozen: {', '.join(frozen)}" if frozen else "")
+            )
+        return "\n".join(lines)
+
+
+def train_mode(model: nn.Module, trainable_groups: tuple[str, ...]) -> None:
+    """model.train(), except a frozen backbone, which stays in eval mode so its BatchNorm statistics stay put."""
+    model.train()
+    if "encoder" not in trainable_groups:
+        model.encoder.backbone.eval()

@@ -1,0 +1,113 @@
+"""The pieces train.py is built from: the unfreezing schedule, the caption loss and the feature cache."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_model
+
+from captioning.feature_cache import FeatureCache, cache_key, cached_vision_features
+from captioning.losses import caption_loss
+from captioning.unfreezing import GROUPS, UnfreezingSchedule, parameter_group, train_mode
+
+
+@pytest.mark.parametrize("decoder", ["transformer", "gpt2"])
+def test_every_parameter_has_one_group(decoder, tokenizer):
+    model = tiny_model("resnet", decoder, tokenizer)
+    groups = {name: parameter_group(name) for name, _ in model.named_parameters()}
+    assert set(groups.values()) == set(GROUPS)
+    cross = [n for n, g in groups.items() if g == "cross_attention"]
+    assert cross and all(("cross_attn" in n) or ("crossattention" in n) or ("ln_cross_attn" in n) for n in cross)
+    assert all(g == "encoder" for n, g in groups.items() if n.startswith("encoder.backbone."))
+
+
+def test_default_schedule_for_pretrained_parts(tokenizer):
+    schedule = UnfreezingSchedule.default(encoder_pretrained=True, decoder_pretrained=True, encoder_lr_scale=0.1)
+    assert [s.start_epoch for s in schedule.stages] == [0, 1, 2]
+    assert schedule.trainable_groups(0) == ("bridge", "cross_attention")
+    assert schedule.trainable_groups(1) == ("bridge", "cross_attention", "decoder")
+    assert schedule.trainable_groups(5) == ("bridge", "cross_attention", "decoder", "encoder")
+    assert schedule.lr_scales == {"encoder": 0.1}
+    # From scratch, every part is new: one stage, everything trains from the start.
+    scratch = UnfreezingSchedule.default(encoder_pretrained=False, decoder_pretrained=False)
+    assert len(scratch.stages) == 1 and set(scratch.trainable_groups(0)) == set(GROUPS)
+    # A pretrained encoder with the from-scratch decoder: the decoder is new, so it trains in stage 1.
+    encoder_only = UnfreezingSchedule.default(encoder_pretrained=True, decoder_pretrained=False)
+    assert [s.groups for s in encoder_only.stages] == [
+        ("bridge", "cross_attention", "decoder"),
+        ("bridge", "cross_attention", "decoder", "encoder"),
+    ]
+
+
+def test_schedule_applies_requires_grad_and_keeps_frozen_batchnorm_in_eval(tokenizer):
+    model = tiny_model("resnet", "transformer", tokenizer)
+    schedule = UnfreezingSchedule.parse("bridge,cross_attention,decoder@0;encoder@2")
+    groups = schedule.apply(model, epoch=1)
+    train_mode(model, groups)
+    assert not any(p.requires_grad for n, p in model.named_parameters() if n.startswith("encoder.backbone."))
+    assert all(p.requires_grad for n, p in model.named_parameters() if n.startswith("decoder."))
+    assert not model.encoder.backbone.training and model.decoder.training
+    batchnorm = next(m for m in model.encoder.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = batchnorm.running_mean.clone()
+    model(pixel_values=torch.randn(2, 3, 32, 32), labels=torch.tensor([[5, 6], [7, 3]]))
+    torch.testing.assert_close(batchnorm.running_mean, before, atol=0, rtol=0)
+    groups = schedule.apply(model, epoch=2)
+    train_mode(model, groups)
+    assert model.encoder.backbone.training and all(p.requires_grad for p in model.parameters())
+    assert "stage 2 from epoch 2" in schedule.describe(model) and "frozen: encoder" in schedule.describe(model)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("decoder@1", "must begin at 0"), ("bridge@0;decoder", "group,group@EPOCH"), ("wings@0", "Unknown parameter")],
+)
+def test_bad_schedules_are_rejected(text, message):
+    with pytest.raises(ValueError, match=message):
+        UnfreezingSchedule.parse(text)
+
+
+def test_caption_loss_label_smoothing_and_eos_suppression():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 11)
+    labels = torch.tensor([[4, 5, 6, 3, -100], [7, 3, -100, -100, -100]])
+    plain, _ = caption_loss(logits, labels)
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 11), labels.reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(plain, expected)
+    smoothed, _ = caption_loss(logits, labels, label_smoothing=0.1)
+    assert smoothed.item() != pytest.approx(plain.item())
+    # EOS (id 3) probability at positions 0..2 where the reference does not end: row 0 positions 0-2, row 1 position 0.
+    suppressed, parts = caption_loss(logits, labels, eos_token_id=3, eos_min_length=3, eos_penalty=2.0)
+    p_eos = logits.softmax(-1)[..., 3]
+    where = torch.tensor([[True, True, True, False, False], [True, False, False, False, False]])
+    penalty = -torch.log1p(-p_eos[where]).mean()
+    torch.testing.assert_close(suppressed, plain + 2.0 * penalty)
+    assert parts["eos_suppression"] == pytest.approx(penalty.item())
+    with pytest.raises(ValueError, match="eos_token_id"):
+        caption_loss(logits, labels, eos_min_length=3, eos_penalty=1.0)
+
+
+def test_feature_cache_stores_reads_and_survives_reopening(tmp_path, tokenizer):
+    model = tiny_model("resnet", "transformer", tokenizer)
+    from modeling_captioner import build_image_processor
+
+    processor = build_image_processor(model.config)
+    key = cache_key(model.encoder.backbone, processor, "split-a")
+    assert key != cache_key(model.encoder.backbone, processor, "split-b")
+    pixel_values = torch.randn(4, 3, 32, 32)
+    cache = FeatureCache(tmp_path, key, num_items=10)
+    first = cached_vision_features(model, cache, [3, 7], pixel_values[:2])
+    torch.testing.assert_close(first, model.encoder.backbone_features(pixel_values[:2]))
+    assert len(cache) == 2 and not cache.complete
+    # Cached rows are read, not recomputed: garbage pixels for row 3 do not change its features.
+    again = cached_vision_features(model, cache, [3, 5], torch.stack([torch.full((3, 32, 32), 9.0), pixel_values[2]]))
+    torch.testing.assert_close(again[0], first[0])
+    cache.flush()
+    reopened = FeatureCache(tmp_path, key, num_items=10)
+    assert reopened.filled.tolist() == cache.filled.tolist()
+    torch.testing.assert_close(reopened.get([7]), first[1:])
+    # Other weights give another key: a cache is never used for weights it was not made with.
+    with torch.no_grad():
+        next(model.encoder.backbone.parameters()).add_(1.0)
+    assert cache_key(model.encoder.backbone, processor, "split-a") != key
+    with pytest.raises(ValueError, match="holds 10 items, not 11"):
+        FeatureCache(tmp_path, key, num_items=11)
+    assert np.load(tmp_path / key / "filled.npy").sum() == 3
