@@ -1,9 +1,9 @@
-# The README's two commands live here: `make demo` (the main job) and `make test` (install + lint + tests).
+# The README's two commands live here: `make train` (the main job) and `make test` (install + lint + tests).
 PYTHON ?= python3
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test lint format
+.PHONY: install train demo test lint format bench
 
 # torch first: an installed torch that the package's range admits is kept; otherwise the pinned CPU build is taken,
 # never a looser request that would pull gigabytes of CUDA packages.
@@ -11,8 +11,16 @@ install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==2.13.0"
 	$(PYTHON) -m pip install -e ".[dev,train]"
 
+# Trains the default captioner on the built-in synthetic dataset (CPU, minutes), scores the test split beside the
+# split's human agreement, and prints where the model, metrics and pictures are.
+train: install
+	$(PYTHON) train.py --config configs/synthetic-small.yaml
+
 demo: install
 	$(PYTHON) -m captioning.demo --output_dir outputs/demo
+
+bench: install
+	$(PYTHON) bench/bench_train.py
 
 lint:
 	$(PYTHON) -m ruff check .

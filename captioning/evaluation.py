@@ -47,11 +47,15 @@ def generate_captions(
     images could not be decoded. With several processes, each captions its shard and the results are gathered
     without duplicates (gather_for_metrics drops the padding of the last batch).
     """
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=EvalCollator(processor), num_workers=num_workers)
     unwrapped = model
     if accelerator is not None:
-        loader = accelerator.prepare_data_loader(loader, device_placement=False)
         unwrapped = accelerator.unwrap_model(model)
+        if accelerator.num_processes > 1:
+            # A disjoint shard per process (not accelerator.prepare, which would register one more dataloader in
+            # every checkpoint): each image is captioned exactly once.
+            shard = range(accelerator.process_index, len(dataset), accelerator.num_processes)
+            dataset = torch.utils.data.Subset(dataset, list(shard))
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=EvalCollator(processor), num_workers=num_workers)
     was_training = unwrapped.training
     unwrapped.eval()
     device = next(unwrapped.parameters()).device
@@ -63,13 +67,17 @@ def generate_captions(
             continue
         ids = unwrapped.generate(batch["pixel_values"].to(device), **generation_kwargs)
         captions = processor.batch_decode(ids, skip_special_tokens=True)
-        rows = list(zip(batch["image_ids"], captions, batch["references"], strict=True))
-        if accelerator is not None:
-            rows = accelerator.gather_for_metrics(rows, use_gather_object=True)
-        for image_id, caption, refs in rows:
+        for image_id, caption, refs in zip(batch["image_ids"], captions, batch["references"], strict=True):
             predictions[image_id] = caption
             references[image_id] = refs
     unwrapped.train(was_training)
+    if accelerator is not None and accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        shards = gather_object([(predictions, references, dropped)])
+        predictions = {k: v for shard in shards for k, v in shard[0].items()}
+        references = {k: v for shard in shards for k, v in shard[1].items()}
+        dropped = sum(shard[2] for shard in shards)
     return predictions, references, dropped
 
 

@@ -13,20 +13,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 def save_samples(
     images: list, generated: list[str], references: list[list[str]], path: Path, columns: int = 4
 ) -> None:
-    """A grid of images, each titled with the generated caption (bold) and its first reference."""
+    """A grid of images, each titled with the generated caption and its first reference."""
     rows = max(1, -(-len(images) // columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.6 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 4.6 * rows), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
     for axis, image, caption, refs in zip(axes.flat, images, generated, references, strict=False):
         axis.imshow(image)
-        axis.set_title(
-            "\n".join(textwrap.wrap(caption or "(empty)", 34))
-            + "\n"
-            + "\n".join(textwrap.wrap(f"ref: {refs[0]}", 34)),
-            fontsize=8,
-            loc="left",
-        )
+        model_lines = textwrap.wrap(f"model: {caption or '(empty)'}", 36)
+        reference_lines = textwrap.wrap(f"reference: {refs[0]}", 36)
+        axis.set_title("\n".join(model_lines + reference_lines), fontsize=8, loc="left")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

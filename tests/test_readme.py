@@ -28,7 +28,8 @@ def test_readme_python_snippets_run(tmp_path, monkeypatch):
 def test_readme_commands_are_the_makefile_and_ci_ones():
     bash_blocks = re.findall(r"```bash\n(.*?)```", README, flags=re.DOTALL)
     commands = [line.split("#")[0].strip() for line in bash_blocks[0].splitlines() if line.strip()]
-    assert commands == ["make demo", "make test"]
+    assert commands == ["make train", "make test"]
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"^demo:", makefile, flags=re.MULTILINE) and re.search(r"^test:", makefile, flags=re.MULTILINE)
+    assert re.search(r"^train:", makefile, flags=re.MULTILINE) and re.search(r"^test:", makefile, flags=re.MULTILINE)
+    assert "configs/synthetic-small.yaml" in makefile
     assert "make test" in (ROOT / ".ci" / "run").read_text()

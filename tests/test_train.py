@@ -1,0 +1,260 @@
+"""train.py end to end on tiny runs: every dataset format, the frozen stage with its feature cache, bad flags, and a
+run killed with SIGKILL and resumed that ends exactly like an uninterrupted one."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_data import make_coco, make_kaggle_flickr8k
+from transformers import AutoModel, AutoProcessor
+
+import train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "--preset",
+    "tiny",
+    "--per_device_train_batch_size",
+    "16",
+    "--per_device_eval_batch_size",
+    "32",
+    "--num_beams",
+    "2",
+    "--max_new_tokens",
+    "12",
+    "--logging_steps",
+    "1",
+    "--learning_rate",
+    "1e-3",
+    "--num_warmup_steps",
+    "2",
+    "--vocab_size",
+    "300",
+    "--no_meteor",
+]
+
+
+def run_train(*extra: str) -> dict:
+    return train.main([*TINY, *extra])
+
+
+def test_dry_run_prints_trainable_parameters_per_stage(tmp_path, capsys):
+    run_train(
+        "--output_dir",
+        str(tmp_path),
+        "--synthetic_sizes",
+        "32,8,8",
+        "--dry_run",
+        "--unfreeze_schedule",
+        "bridge,cross_attention@0;decoder@1;encoder@2",
+    )
+    printed = capsys.readouterr().out
+    assert "stage 1 from epoch 0" in printed and "stage 3 from epoch 2" in printed
+    assert "frozen: encoder, decoder" in printed and "(lr ×0.1)" in printed
+    assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_synthetic_run_writes_a_complete_model_folder(tmp_path):
+    # The one tiny run that also starts METEOR's Java scorer (a later flag wins over TINY's --no_meteor).
+    report = train.main(
+        [
+            *[f for f in TINY if f != "--no_meteor"],
+            "--output_dir",
+            str(tmp_path),
+            "--synthetic_sizes",
+            "48,16,16",
+            "--num_train_epochs",
+            "2",
+            "--unfreeze_schedule",
+            "bridge,cross_attention,decoder@0;encoder@1",
+        ]
+    )
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "processor_config.json",
+        "metrics.json",
+        "predictions.json",
+        "samples.png",
+        "training_curves.png",
+    ):
+        assert (tmp_path / name).is_file(), name
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics == report and metrics["num_images"] == 16
+    assert set(metrics["test"]) >= {"BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr-D", "METEOR"}
+    if shutil.which("java"):
+        assert isinstance(metrics["test"]["METEOR"], float)
+    assert metrics["human_agreement"]["CIDEr-D"] > 0
+    predictions = json.loads((tmp_path / "predictions.json").read_text())
+    assert len(predictions) == 16 and all(len(row["references"]) == 5 for row in predictions)
+    model = AutoModel.from_pretrained(tmp_path)
+    assert model.generation_config.num_beams == 2 and model.generation_config.length_penalty == 0.6
+    assert type(AutoProcessor.from_pretrained(tmp_path)).__name__ == "CaptionerProcessor"
+    # Epoch 0 trained with the backbone frozen: every training image's features went through the cache.
+    caches = list((tmp_path / "feature_cache").glob("*/filled.npy"))
+    assert len(caches) == 1
+    import numpy as np
+
+    assert np.load(caches[0]).all()
+
+
+def test_default_schedule_trains_everything_from_scratch(tmp_path, capsys):
+    run_train("--output_dir", str(tmp_path), "--synthetic_sizes", "16,8,8", "--dry_run")
+    printed = capsys.readouterr().out
+    assert printed.count("stage ") == 1 and "frozen" not in printed
+
+
+@pytest.mark.parametrize("dataset_format", ["flickr8k", "coco", "hf"])
+def test_file_formats_train(dataset_format, tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    if dataset_format == "flickr8k":
+        make_kaggle_flickr8k(data_dir, good=24)
+    elif dataset_format == "coco":
+        make_coco(data_dir)
+    else:
+        from PIL import Image
+
+        rows = []
+        for i in range(12):
+            Image.new("RGB", (20, 16), (20 * i, 100, 200 - 10 * i)).save(data_dir / f"img{i}.png")
+            rows.append({"file_name": f"img{i}.png", "caption": f"a picture number {i} of a coloured square"})
+        (data_dir / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    output = tmp_path / "out"
+    report = run_train(
+        "--dataset_format",
+        dataset_format,
+        "--data_dir",
+        str(data_dir),
+        "--output_dir",
+        str(output),
+        "--max_train_steps",
+        "2",
+    )
+    assert report["optimizer_steps"] == 2
+    assert AutoModel.from_pretrained(output).config.model_type == "captioner"
+    assert json.loads((output / "predictions.json").read_text())
+
+
+def test_karpathy_format_trains(tmp_path):
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    entries = []
+    for i, split in enumerate(["train"] * 8 + ["val"] * 3 + ["test"] * 3):
+        Image.new("RGB", (20, 16), (15 * i, 90, 30)).save(images / f"{i}.jpg")
+        entries.append(
+            {
+                "filename": f"{i}.jpg",
+                "split": split,
+                "sentences": [{"raw": f"a red and green block {i}"}, {"raw": f"block number {i}"}],
+            }
+        )
+    (tmp_path / "dataset_flickr8k.json").write_text(json.dumps({"images": entries}))
+    report = run_train(
+        "--dataset_format",
+        "karpathy",
+        "--data_dir",
+        str(tmp_path),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_train_steps",
+        "1",
+    )
+    assert report["num_images"] == 3
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--dataset_format", "flickr8k"], "needs --data_dir"),
+        (["--mixed_precision", "fp16"], "fp16 needs a GPU"),
+        (["--checkpointing_steps", "often"], "integer or 'epoch'"),
+        (["--synthetic_sizes", "10,0,5"], "three positive integers"),
+        (["--per_device_train_batch_size", "0"], "at least 1"),
+    ],
+)
+def test_bad_flags_are_clear_errors(flags, message, tmp_path):
+    if "fp16" in flags and torch.cuda.is_available():
+        pytest.skip("fp16 is allowed with a GPU")
+    with pytest.raises(SystemExit, match=message):
+        train.parse_args([*flags, "--output_dir", str(tmp_path)])
+
+
+def test_config_file_supplies_arguments(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("num_train_epochs: 3\nlearning_rate: 0.002\nlabel_smoothing: 0.0\n")
+    args = train.parse_args(["--config", str(config), "--learning_rate", "0.005"])
+    assert (args.num_train_epochs, args.learning_rate, args.label_smoothing) == (3, 0.005, 0.0)
+    (tmp_path / "bad.json").write_text(json.dumps({"num_epochs": 3}))
+    with pytest.raises(SystemExit, match=r"unknown argument\(s\) \['num_epochs'\]"):
+        train.parse_args(["--config", str(tmp_path / "bad.json")])
+
+
+def resume_command(output_dir: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        str(ROOT / "train.py"),
+        *TINY,
+        "--output_dir",
+        str(output_dir),
+        "--synthetic_sizes",
+        "96,16,16",
+        "--num_train_epochs",
+        "2",
+        "--checkpointing_steps",
+        "2",
+        "--checkpoints_total_limit",
+        "10",
+        "--unfreeze_schedule",
+        "bridge,cross_attention,decoder@0;encoder@1",
+        *extra,
+    ]
+
+
+def test_sigkill_and_resume_ends_like_an_uninterrupted_run(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    subprocess.run(resume_command(straight), check=True, env=env, capture_output=True, timeout=300)
+
+    process = subprocess.Popen(resume_command(resumed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (resumed / "checkpoints" / "step_4").is_dir() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed mid-training"
+    checkpoints = sorted(p.name for p in (resumed / "checkpoints").glob("step_*"))
+    assert "step_12" not in checkpoints and not (resumed / "metrics.json").exists()
+    state = json.loads((resumed / "checkpoints" / "step_4" / "training_state.json").read_text())
+    assert (state["epoch"], state["batches_in_epoch"]) == (0, 4)
+
+    completed = subprocess.run(
+        resume_command(resumed, "--resume_from_checkpoint", "latest"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "resumed from" in completed.stderr
+    straight_metrics = json.loads((straight / "metrics.json").read_text())
+    resumed_metrics = json.loads((resumed / "metrics.json").read_text())
+    for key in ("test", "best_validation_cider", "optimizer_steps"):
+        assert resumed_metrics[key] == straight_metrics[key], key
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # The resumed run went on in the right stage: its last checkpoint trained the encoder (stage 2, epoch 1).
+    last = json.loads((resumed / "checkpoints" / "step_12" / "training_state.json").read_text())
+    assert last["epoch"] == 2 and any(h.get("stage") == 2 for h in last["history"])

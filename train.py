@@ -1,0 +1,563 @@
+"""Train a captioner with Accelerate (CPU, one GPU, many GPUs): data → model → staged unfreezing → AdamW → checkpoints
+(resume-exact) → validation CIDEr-D each epoch → the best model folder, test metrics, predictions and pictures."""
+
+import argparse
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, get_scheduler
+
+from captioning.collator import CaptionCollator
+from captioning.data import CaptionPairs, load_caption_splits
+from captioning.evaluation import generate_captions, write_predictions
+from captioning.feature_cache import FeatureCache, cache_key, cached_vision_features
+from captioning.losses import caption_loss
+from captioning.unfreezing import UnfreezingSchedule, train_mode
+from modeling_captioner import (
+    PRESETS,
+    CaptionerConfig,
+    CaptionerForConditionalGeneration,
+    CaptionerProcessor,
+    build_image_processor,
+)
+from tokenization import build_tokenizer
+
+logger = logging.getLogger("train")
+SCHEDULERS = ("inverse_sqrt", "cosine", "linear", "constant", "constant_with_warmup")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--dataset_format", default="synthetic", choices=["synthetic", "flickr8k", "karpathy", "coco", "hf"]
+    )
+    data.add_argument("--data_dir", default=None, help="Folder of the dataset (layout depends on --dataset_format).")
+    data.add_argument(
+        "--dataset_name", default=None, help="A 🤗 datasets hub id or local folder (--dataset_format hf)."
+    )
+    data.add_argument("--image_column", default="image")
+    data.add_argument("--caption_column", default="caption")
+    data.add_argument("--all_pairs", action="store_true", help="One item per image–caption pair, not per image.")
+    data.add_argument("--max_train_samples", type=int, default=None)
+    data.add_argument("--max_eval_samples", type=int, default=None, help="Validation images scored per epoch.")
+    data.add_argument("--synthetic_sizes", default=None, help="Synthetic split sizes TRAIN,VALIDATION,TEST.")
+    data.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes.")
+    model = parser.add_argument_group("model")
+    model.add_argument("--preset", default="small", choices=sorted(PRESETS))
+    model.add_argument(
+        "--encoder", default=None, help="'resnet' or 'vit' (random), or a pretrained vision model id/path."
+    )
+    model.add_argument("--decoder", default=None, help="'transformer' or 'gpt2' (random), or a GPT-2 model id/path.")
+    model.add_argument("--model_name_or_path", default=None, help="Continue from a saved captioner folder.")
+    model.add_argument(
+        "--tokenizer", default=None, help="Tokenizer folder or hub id; default: built from the captions."
+    )
+    model.add_argument("--vocab_size", type=int, default=15000, help="Size of a tokenizer built from the captions.")
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--num_train_epochs", type=int, default=12)
+    optim.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs.")
+    optim.add_argument("--per_device_train_batch_size", type=int, default=32)
+    optim.add_argument("--per_device_eval_batch_size", type=int, default=64)
+    optim.add_argument("--learning_rate", type=float, default=3e-4)
+    optim.add_argument("--weight_decay", type=float, default=0.01)
+    optim.add_argument("--lr_scheduler_type", default="inverse_sqrt", choices=SCHEDULERS)
+    optim.add_argument("--num_warmup_steps", type=int, default=100)
+    optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    optim.add_argument("--max_grad_norm", type=float, default=1.0)
+    optim.add_argument("--label_smoothing", type=float, default=0.1)
+    optim.add_argument("--eos_penalty", type=float, default=0.0, help="Weight of the EOS-suppression loss.")
+    optim.add_argument("--eos_min_length", type=int, default=0, help="EOS is suppressed before this many tokens.")
+    optim.add_argument(
+        "--unfreeze_schedule", default=None, help="e.g. 'bridge,cross_attention@0;decoder@1;encoder@2'."
+    )
+    optim.add_argument(
+        "--encoder_lr_scale", type=float, default=0.1, help="LR scale of an unfrozen pretrained encoder."
+    )
+    optim.add_argument("--feature_cache_dir", default=None, help="Default: OUTPUT_DIR/feature_cache.")
+    optim.add_argument("--no_feature_cache", action="store_true")
+    optim.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
+    optim.add_argument("--seed", type=int, default=0)
+    run = parser.add_argument_group("run")
+    run.add_argument("--output_dir", default="outputs/train")
+    run.add_argument("--checkpointing_steps", default="epoch", help="An integer N (every N steps) or 'epoch'.")
+    run.add_argument("--checkpoints_total_limit", type=int, default=2)
+    run.add_argument("--resume_from_checkpoint", default=None, help="A checkpoint folder, or 'latest'.")
+    run.add_argument("--with_tracking", action="store_true", help="Log to --report_to (tensorboard by default).")
+    run.add_argument("--report_to", default="tensorboard")
+    run.add_argument("--logging_steps", type=int, default=20)
+    run.add_argument("--dry_run", action="store_true", help="Print the trainable parameters per stage and exit.")
+    gen = parser.add_argument_group("generation (validation and the saved generation_config)")
+    gen.add_argument("--num_beams", type=int, default=5)
+    gen.add_argument("--length_penalty", type=float, default=0.6)
+    gen.add_argument("--max_new_tokens", type=int, default=30)
+    gen.add_argument("--no_meteor", action="store_true", help="Skip METEOR (its Java scorer takes seconds to start).")
+    parser.add_argument("--config", default=None, help="A YAML or JSON file of these arguments (flags override it).")
+
+    args = parser.parse_args(argv)
+    if args.config:
+        defaults = read_config_file(args.config, parser)
+        parser.set_defaults(**defaults)
+        args = parser.parse_args(argv)
+    check_args(args)
+    return args
+
+
+def read_config_file(path: str, parser: argparse.ArgumentParser) -> dict:
+    file = Path(path)
+    if not file.is_file():
+        raise SystemExit(f"--config: no such file {file}")
+    text = file.read_text()
+    if file.suffix in (".yaml", ".yml"):
+        import yaml
+
+        values = yaml.safe_load(text) or {}
+    else:
+        values = json.loads(text)
+    known = {action.dest for action in parser._actions}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SystemExit(f"--config {file}: unknown argument(s) {unknown}")
+    return values
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.dataset_format in ("flickr8k", "karpathy", "coco") and not args.data_dir:
+        raise SystemExit(f"--dataset_format {args.dataset_format} needs --data_dir.")
+    if args.dataset_format == "hf" and not (args.dataset_name or args.data_dir):
+        raise SystemExit("--dataset_format hf needs --dataset_name (a hub id or local folder) or --data_dir.")
+    for name in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size", "num_beams"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name} must be at least 1, got {getattr(args, name)}.")
+    if args.gradient_accumulation_steps < 1 or (args.max_train_steps is not None and args.max_train_steps < 1):
+        raise SystemExit("--gradient_accumulation_steps and --max_train_steps must be at least 1.")
+    if args.synthetic_sizes is not None:
+        sizes = args.synthetic_sizes.split(",")
+        if len(sizes) != 3 or not all(n.strip().isdigit() and int(n) > 0 for n in sizes):
+            raise SystemExit(
+                f"--synthetic_sizes must be three positive integers TRAIN,VALIDATION,TEST; got {args.synthetic_sizes!r}."
+            )
+    if args.learning_rate <= 0:
+        raise SystemExit(f"--learning_rate must be positive, got {args.learning_rate}.")
+    if args.checkpointing_steps != "epoch" and not str(args.checkpointing_steps).isdigit():
+        raise SystemExit(f"--checkpointing_steps must be an integer or 'epoch', got {args.checkpointing_steps!r}.")
+    if args.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise SystemExit("--mixed_precision fp16 needs a GPU; on a CPU use bf16 or no.")
+
+
+class EpochSampler(Sampler):
+    """A shuffle that depends only on (seed, epoch), so a resumed run replays the same order from the same batch."""
+
+    def __init__(self, num_items: int, seed: int):
+        self.num_items, self.seed, self.epoch = num_items, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.num_items, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.num_items
+
+
+class CachedFeatures(torch.utils.data.Dataset):
+    """While the backbone is frozen, items whose features are cached come without their image: no decode, no resize,
+    no backbone forward."""
+
+    def __init__(self, dataset, cache: FeatureCache):
+        self.dataset, self.cache = dataset, cache
+        # Set per epoch: once the encoder trains, its weights move and the cached features are stale.
+        self.enabled = True
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        if not self.enabled or not self.cache.filled[index]:
+            return self.dataset[index]
+        item = self.dataset.item_without_image(index)
+        return item if item is None else {**item, "vision_features": self.cache.get([index])[0]}
+
+
+def is_pretrained_id(value: str | None) -> bool:
+    return value is not None and value not in ("resnet", "vit", "transformer", "gpt2")
+
+
+def build_tokenizer_for(args, train_captions: list[str]):
+    if args.tokenizer:
+        return AutoTokenizer.from_pretrained(args.tokenizer)
+    if is_pretrained_id(args.decoder):
+        return AutoTokenizer.from_pretrained(args.decoder)
+    return build_tokenizer(train_captions, vocab_size=args.vocab_size)
+
+
+def build_model(args, tokenizer) -> tuple[CaptionerForConditionalGeneration, bool, bool]:
+    """The model and whether its encoder / decoder start from pretrained weights."""
+    if args.model_name_or_path:
+        model = CaptionerForConditionalGeneration.from_pretrained(args.model_name_or_path)
+        return model, True, True
+    if is_pretrained_id(args.encoder):
+        decoder = args.decoder if is_pretrained_id(args.decoder) else None
+        preset = CaptionerConfig.from_preset(args.preset)
+        fields = {k: getattr(preset, k) for k in ("d_model", "encoder_layers", "decoder_layers", "dropout")}
+        model = CaptionerForConditionalGeneration.from_encoder_decoder_pretrained(
+            args.encoder, decoder, tokenizer=None if decoder else tokenizer, **({} if decoder else fields)
+        )
+        return model, True, decoder is not None
+    config = CaptionerConfig.from_preset(args.preset, encoder=args.encoder, decoder=args.decoder, tokenizer=tokenizer)
+    return CaptionerForConditionalGeneration(config), False, False
+
+
+def optimizer_groups(model, schedule: UnfreezingSchedule, learning_rate: float, weight_decay: float) -> list[dict]:
+    """AdamW groups: no weight decay on biases, norms and embeddings; each unfreezing group at its own LR scale."""
+    from captioning.unfreezing import parameter_group
+
+    groups: dict[tuple[str, bool], list] = {}
+    for name, parameter in model.named_parameters():
+        no_decay = parameter.ndim < 2 or "embed" in name or "wte" in name or "wpe" in name or "norm" in name
+        groups.setdefault((parameter_group(name), no_decay), []).append(parameter)
+    return [
+        {
+            "params": params,
+            "lr": learning_rate * schedule.lr_scales.get(group, 1.0),
+            "weight_decay": 0.0 if no_decay else weight_decay,
+            "name": f"{group}{'-no_decay' if no_decay else ''}",
+        }
+        for (group, no_decay), params in sorted(groups.items())
+    ]
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    found = [p for p in directory.glob("step_*") if p.is_dir() and (p / "training_state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+
+
+def save_checkpoint(accelerator, directory: Path, state: dict, limit: int, caches: list[FeatureCache]) -> None:
+    """Save to a temporary folder, then rename: a run killed mid-save leaves the previous checkpoint intact."""
+    final = directory / f"step_{state['completed_steps']}"
+    temporary = directory / f".tmp_step_{state['completed_steps']}"
+    for cache in caches:
+        cache.flush()
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temporary))
+    if accelerator.is_main_process:
+        (temporary / "training_state.json").write_text(json.dumps(state, indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        temporary.rename(final)
+        for old in list_checkpoints(directory)[:-limit] if limit > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=args.report_to if args.with_tracking else None,
+        project_dir=str(output_dir),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if not accelerator.is_main_process:
+        logger.setLevel(logging.WARNING)
+    set_seed(args.seed)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_dir = output_dir / "checkpoints"
+
+    # Data: every split is read and checked before any training starts.
+    synthetic = {"sizes": tuple(int(n) for n in args.synthetic_sizes.split(","))} if args.synthetic_sizes else {}
+    splits = load_caption_splits(
+        args.dataset_format,
+        data_dir=args.data_dir,
+        dataset_name=args.dataset_name,
+        image_column=args.image_column,
+        caption_column=args.caption_column,
+        seed=args.seed,
+        **(synthetic if args.dataset_format == "synthetic" else {}),
+    )
+    for name, split in splits.items():
+        logger.info(f"{name}: {len(split)} images; skipped: {split.skipped.report()}")
+    train_split = splits["train"]
+    if args.max_train_samples is not None:
+        train_split = train_split.subset(range(min(args.max_train_samples, len(train_split))))
+    validation = splits["validation"]
+    if args.max_eval_samples is not None:
+        validation = validation.subset(range(min(args.max_eval_samples, len(validation))))
+
+    tokenizer = build_tokenizer_for(args, [c for record in train_split.records for c in record.captions])
+    model, encoder_pretrained, decoder_pretrained = build_model(args, tokenizer)
+    processor = CaptionerProcessor(build_image_processor(model.config), tokenizer)
+    model.generation_config.update(
+        num_beams=args.num_beams, length_penalty=args.length_penalty, max_new_tokens=args.max_new_tokens
+    )
+    if args.unfreeze_schedule:
+        lr_scales = {"encoder": args.encoder_lr_scale}
+        schedule = UnfreezingSchedule.parse(args.unfreeze_schedule, lr_scales)
+    else:
+        schedule = UnfreezingSchedule.default(encoder_pretrained, decoder_pretrained, args.encoder_lr_scale)
+    logger.info("unfreezing schedule:\n" + schedule.describe(model))
+    if args.dry_run:
+        print(schedule.describe(model))
+        return {"schedule": schedule.describe(model)}
+
+    train_items = CaptionPairs(train_split) if args.all_pairs else train_split
+    cache = None
+    use_cache = not args.no_feature_cache and any("encoder" not in s.groups for s in schedule.stages)
+    if use_cache:
+        key = cache_key(model.encoder.backbone, processor.image_processor, train_split.fingerprint())
+        cache = FeatureCache(args.feature_cache_dir or output_dir / "feature_cache", key, len(train_split))
+        if not args.all_pairs:
+            train_items = CachedFeatures(train_split, cache)
+    sampler = EpochSampler(len(train_items), args.seed)
+    collator = CaptionCollator(processor, max_length=model.config.max_position_embeddings, seed=args.seed)
+    train_loader = DataLoader(
+        train_items,
+        batch_size=args.per_device_train_batch_size,
+        sampler=sampler,
+        collate_fn=collator,
+        num_workers=args.num_workers,
+    )
+
+    optimizer = torch.optim.AdamW(optimizer_groups(model, schedule, args.learning_rate, args.weight_decay))
+    updates_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    max_train_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
+    num_epochs = math.ceil(max_train_steps / updates_per_epoch)
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler_type,
+        optimizer=optimizer,
+        num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
+        num_training_steps=max_train_steps * accelerator.num_processes,
+    )
+    model, optimizer, train_loader, lr_scheduler = accelerator.prepare(model, optimizer, train_loader, lr_scheduler)
+    if args.with_tracking:
+        accelerator.init_trackers(
+            "captioner", {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        )
+
+    state = {"completed_steps": 0, "epoch": 0, "batches_in_epoch": 0, "best_cider": None, "history": [], "dropped": 0}
+    if args.resume_from_checkpoint:
+        path = Path(args.resume_from_checkpoint)
+        if args.resume_from_checkpoint == "latest":
+            found = list_checkpoints(checkpoint_dir)
+            path = found[-1] if found else None
+        if path is None:
+            logger.info(f"no checkpoint in {checkpoint_dir}: starting from scratch")
+        elif not (path / "training_state.json").is_file():
+            raise SystemExit(f"--resume_from_checkpoint {path}: not a checkpoint folder of this script.")
+        else:
+            accelerator.load_state(str(path))
+            state = json.loads((path / "training_state.json").read_text())
+            logger.info(f"resumed from {path}: epoch {state['epoch']}, step {state['completed_steps']}")
+
+    unwrapped = accelerator.unwrap_model(model)
+    checkpoint_every = None if args.checkpointing_steps == "epoch" else int(args.checkpointing_steps)
+    progress = tqdm(
+        total=max_train_steps, initial=state["completed_steps"], disable=not accelerator.is_local_main_process
+    )
+    started = time.perf_counter()
+    running = {"loss": 0.0, "count": 0}
+
+    for epoch in range(state["epoch"], num_epochs):
+        groups = schedule.apply(unwrapped, epoch)
+        train_mode(unwrapped, groups)
+        frozen_encoder = "encoder" not in groups
+        if isinstance(train_items, CachedFeatures):
+            train_items.enabled = frozen_encoder
+        sampler.set_epoch(epoch)
+        collator.set_epoch(epoch)
+        loader = train_loader
+        if state["batches_in_epoch"]:
+            loader = accelerator.skip_first_batches(train_loader, state["batches_in_epoch"])
+        for batch in loader:
+            state["batches_in_epoch"] += 1
+            state["dropped"] += batch.pop("num_dropped", 0)
+            if "labels" not in batch:  # every image of this batch failed to decode: counted above, nothing to learn
+                continue
+            labels = batch["labels"]
+            # The loss is computed here (label smoothing, EOS suppression), so the model gets decoder inputs only.
+            inputs = {
+                "decoder_input_ids": unwrapped.prepare_decoder_input_ids_from_labels(labels),
+                "decoder_attention_mask": batch["decoder_attention_mask"],
+                "use_cache": False,
+            }
+            if "vision_features" in batch and frozen_encoder:
+                inputs["vision_features"] = batch["vision_features"]
+            elif cache is not None and frozen_encoder and not args.all_pairs:
+                features = cached_vision_features(unwrapped, cache, batch["indices"], batch["pixel_values"])
+                inputs["vision_features"] = features.to(accelerator.device)
+            else:
+                inputs["pixel_values"] = batch["pixel_values"]
+            with accelerator.accumulate(model):
+                logits = model(**inputs).logits
+                loss, parts = caption_loss(
+                    logits,
+                    labels,
+                    label_smoothing=args.label_smoothing,
+                    eos_token_id=unwrapped.config.eos_token_id,
+                    eos_min_length=args.eos_min_length,
+                    eos_penalty=args.eos_penalty,
+                )
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm:
+                    accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+            running["loss"] += loss.item()
+            running["count"] += 1
+            if not accelerator.sync_gradients:
+                continue
+            state["completed_steps"] += 1
+            progress.update(1)
+            if state["completed_steps"] % args.logging_steps == 0:
+                record = {
+                    "step": state["completed_steps"],
+                    "epoch": epoch,
+                    "loss": running["loss"] / running["count"],
+                    "lr": lr_scheduler.get_last_lr()[0],
+                    "stage": schedule.stage_index(epoch) + 1,
+                }
+                running = {"loss": 0.0, "count": 0}
+                state["history"].append(record)
+                progress.set_postfix(loss=f"{record['loss']:.3f}", stage=record["stage"])
+                if args.with_tracking:
+                    accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=record["step"])
+            if checkpoint_every and state["completed_steps"] % checkpoint_every == 0:
+                save_checkpoint(
+                    accelerator,
+                    checkpoint_dir,
+                    {**state, "epoch": epoch},
+                    args.checkpoints_total_limit,
+                    [cache] if cache else [],
+                )
+            if state["completed_steps"] >= max_train_steps:
+                break
+
+        # End of epoch: score generated validation captions, keep the best model by CIDEr-D.
+        state["epoch"], state["batches_in_epoch"] = epoch + 1, 0
+        if cache is not None:
+            cache.flush()
+        predictions, references, _ = generate_captions(
+            model,
+            processor,
+            validation,
+            accelerator,
+            batch_size=args.per_device_eval_batch_size,
+            num_workers=args.num_workers,
+        )
+        metrics = {}
+        if accelerator.is_main_process:
+            from captioning.metrics import compute_caption_metrics
+
+            # METEOR's jar takes seconds to start; model selection uses CIDEr-D, and the test split gets METEOR.
+            metrics = compute_caption_metrics(
+                predictions, references, expected_num_images=len(validation), meteor=False
+            )
+            cider = metrics["CIDEr-D"]
+            state["history"].append({"step": state["completed_steps"], "epoch": epoch, **metrics})
+            logger.info(
+                f"epoch {epoch}: validation "
+                + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+            )
+            if state["best_cider"] is None or cider > state["best_cider"]:
+                state["best_cider"] = cider
+                unwrapped.save_pretrained(output_dir, safe_serialization=True)
+                processor.save_pretrained(output_dir)
+                logger.info(f"new best validation CIDEr-D {cider:.4f}: saved {output_dir}")
+        if args.with_tracking and metrics:
+            accelerator.log(
+                {f"validation/{k}": v for k, v in metrics.items() if isinstance(v, float)},
+                step=state["completed_steps"],
+            )
+        if args.checkpointing_steps == "epoch" or state["completed_steps"] >= max_train_steps:
+            save_checkpoint(accelerator, checkpoint_dir, state, args.checkpoints_total_limit, [cache] if cache else [])
+        if state["completed_steps"] >= max_train_steps:
+            break
+    progress.close()
+    train_seconds = time.perf_counter() - started
+
+    return finish(args, accelerator, output_dir, splits, state, train_seconds)
+
+
+def finish(args, accelerator, output_dir: Path, splits, state: dict, train_seconds: float) -> dict:
+    """Score the best model on the test split; write metrics.json, predictions.json, samples.png, the curves."""
+    from transformers import AutoModel, AutoProcessor
+
+    from captioning.metrics import compute_caption_metrics, human_agreement
+    from captioning.reporting import save_samples, save_training_curves
+
+    accelerator.wait_for_everyone()
+    best = AutoModel.from_pretrained(output_dir).to(accelerator.device)
+    processor = AutoProcessor.from_pretrained(output_dir)
+    test = splits["test"]
+    predictions, references, dropped = generate_captions(
+        best, processor, test, accelerator, batch_size=args.per_device_eval_batch_size, num_workers=args.num_workers
+    )
+    report = {}
+    if accelerator.is_main_process:
+        meteor = not args.no_meteor
+        test_metrics = compute_caption_metrics(predictions, references, expected_num_images=len(test), meteor=meteor)
+        # Human agreement scores each reference against the others: it needs two or more per image.
+        agreement = None
+        if min(len(refs) for refs in references.values()) >= 2:
+            agreement = human_agreement(list(references.values()), meteor=meteor)
+        report = {
+            "dataset_format": args.dataset_format,
+            "split": "test",
+            "num_images": len(predictions),
+            "generation": {
+                "num_beams": args.num_beams,
+                "length_penalty": args.length_penalty,
+                "max_new_tokens": args.max_new_tokens,
+            },
+            "test": test_metrics,
+            "human_agreement": agreement,
+            "best_validation_cider": state["best_cider"],
+            "optimizer_steps": state["completed_steps"],
+            "train_seconds": round(train_seconds, 1),
+            "skipped": {name: split.skipped.as_dict() for name, split in splits.items()},
+            "images_dropped_while_training": state["dropped"],
+            "images_dropped_at_test": dropped,
+        }
+        (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+        write_predictions(output_dir / "predictions.json", predictions, references)
+        validation = splits["validation"]
+        shown = [item for item in (validation[i] for i in range(min(8, len(validation)))) if item is not None]
+        if shown:
+            pixel_values = processor(images=[item["image"] for item in shown])["pixel_values"].to(accelerator.device)
+            with torch.no_grad():
+                generated = processor.batch_decode(best.generate(pixel_values), skip_special_tokens=True)
+            save_samples(
+                [item["image"] for item in shown],
+                generated,
+                [item["captions"] for item in shown],
+                output_dir / "samples.png",
+            )
+        save_training_curves(state["history"], output_dir / "training_curves.png")
+        human = f"{agreement['CIDEr-D']:.4f}" if agreement else "n/a: one reference per image"
+        print(
+            f"test CIDEr-D {test_metrics['CIDEr-D']:.4f} (human agreement {human}), "
+            f"BLEU-4 {test_metrics['BLEU-4']:.4f}; model: {output_dir}; metrics: {output_dir / 'metrics.json'}; "
+            f"pictures: {output_dir / 'samples.png'}, {output_dir / 'training_curves.png'}"
+        )
+    accelerator.end_training()
+    return report
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() is not None else 1)
