@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_scheduler
 
 from captioning.collator import CaptionCollator
-from captioning.data import CaptionPairs, load_caption_splits
+from captioning.data import CaptionPairs, add_data_arguments, check_data_arguments, load_splits_from_args
 from captioning.evaluation import generate_captions, write_predictions
 from captioning.feature_cache import FeatureCache, cache_key, cached_vision_features
 from captioning.losses import caption_loss
@@ -39,19 +39,10 @@ SCHEDULERS = ("inverse_sqrt", "cosine", "linear", "constant", "constant_with_war
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     data = parser.add_argument_group("data")
-    data.add_argument(
-        "--dataset_format", default="synthetic", choices=["synthetic", "flickr8k", "karpathy", "coco", "hf"]
-    )
-    data.add_argument("--data_dir", default=None, help="Folder of the dataset (layout depends on --dataset_format).")
-    data.add_argument(
-        "--dataset_name", default=None, help="A 🤗 datasets hub id or local folder (--dataset_format hf)."
-    )
-    data.add_argument("--image_column", default="image")
-    data.add_argument("--caption_column", default="caption")
+    add_data_arguments(data)
     data.add_argument("--all_pairs", action="store_true", help="One item per image–caption pair, not per image.")
     data.add_argument("--max_train_samples", type=int, default=None)
     data.add_argument("--max_eval_samples", type=int, default=None, help="Validation images scored per epoch.")
-    data.add_argument("--synthetic_sizes", default=None, help="Synthetic split sizes TRAIN,VALIDATION,TEST.")
     data.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes.")
     model = parser.add_argument_group("model")
     model.add_argument("--preset", default="small", choices=sorted(PRESETS))
@@ -93,7 +84,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--checkpointing_steps", default="epoch", help="An integer N (every N steps) or 'epoch'.")
     run.add_argument("--checkpoints_total_limit", type=int, default=2)
     run.add_argument("--resume_from_checkpoint", default=None, help="A checkpoint folder, or 'latest'.")
-    run.add_argument("--with_tracking", action="store_true", help="Log to --report_to (tensorboard by default).")
+    run.add_argument(
+        "--with_tracking",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Log to --report_to (TensorBoard by default, in OUTPUT_DIR/captioner); --no-with_tracking turns it off.",
+    )
     run.add_argument("--report_to", default="tensorboard")
     run.add_argument("--logging_steps", type=int, default=20)
     run.add_argument("--dry_run", action="store_true", help="Print the trainable parameters per stage and exit.")
@@ -132,21 +128,12 @@ def read_config_file(path: str, parser: argparse.ArgumentParser) -> dict:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    if args.dataset_format in ("flickr8k", "karpathy", "coco") and not args.data_dir:
-        raise SystemExit(f"--dataset_format {args.dataset_format} needs --data_dir.")
-    if args.dataset_format == "hf" and not (args.dataset_name or args.data_dir):
-        raise SystemExit("--dataset_format hf needs --dataset_name (a hub id or local folder) or --data_dir.")
+    check_data_arguments(args)
     for name in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size", "num_beams"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name} must be at least 1, got {getattr(args, name)}.")
     if args.gradient_accumulation_steps < 1 or (args.max_train_steps is not None and args.max_train_steps < 1):
         raise SystemExit("--gradient_accumulation_steps and --max_train_steps must be at least 1.")
-    if args.synthetic_sizes is not None:
-        sizes = args.synthetic_sizes.split(",")
-        if len(sizes) != 3 or not all(n.strip().isdigit() and int(n) > 0 for n in sizes):
-            raise SystemExit(
-                f"--synthetic_sizes must be three positive integers TRAIN,VALIDATION,TEST; got {args.synthetic_sizes!r}."
-            )
     if args.learning_rate <= 0:
         raise SystemExit(f"--learning_rate must be positive, got {args.learning_rate}.")
     if args.checkpointing_steps != "epoch" and not str(args.checkpointing_steps).isdigit():
@@ -280,16 +267,7 @@ def main(argv=None) -> dict:
     checkpoint_dir = output_dir / "checkpoints"
 
     # Data: every split is read and checked before any training starts.
-    synthetic = {"sizes": tuple(int(n) for n in args.synthetic_sizes.split(","))} if args.synthetic_sizes else {}
-    splits = load_caption_splits(
-        args.dataset_format,
-        data_dir=args.data_dir,
-        dataset_name=args.dataset_name,
-        image_column=args.image_column,
-        caption_column=args.caption_column,
-        seed=args.seed,
-        **(synthetic if args.dataset_format == "synthetic" else {}),
-    )
+    splits = load_splits_from_args(args)
     for name, split in splits.items():
         logger.info(f"{name}: {len(split)} images; skipped: {split.skipped.report()}")
     train_split = splits["train"]
@@ -464,9 +442,8 @@ def main(argv=None) -> dict:
         if accelerator.is_main_process:
             from captioning.metrics import compute_caption_metrics
 
-            # METEOR's jar takes seconds to start; model selection uses CIDEr-D, and the test split gets METEOR.
             metrics = compute_caption_metrics(
-                predictions, references, expected_num_images=len(validation), meteor=False
+                predictions, references, expected_num_images=len(validation), meteor=not args.no_meteor
             )
             cider = metrics["CIDEr-D"]
             state["history"].append({"step": state["completed_steps"], "epoch": epoch, **metrics})

@@ -1017,6 +1017,46 @@ def load_caption_splits(
     raise ValueError(f"Unknown dataset_format {dataset_format!r}; expected one of {', '.join(FORMATS)}.")
 
 
+def add_data_arguments(parser) -> None:
+    """The dataset flags train.py and the evaluation command share (an argparse parser or group)."""
+    parser.add_argument("--dataset_format", default="synthetic", choices=FORMATS)
+    parser.add_argument("--data_dir", default=None, help="Folder of the dataset (layout depends on --dataset_format).")
+    parser.add_argument("--dataset_name", default=None, help="A 🤗 datasets hub id or local folder (format hf).")
+    parser.add_argument("--image_column", default="image")
+    parser.add_argument("--caption_column", default="caption")
+    parser.add_argument("--synthetic_sizes", default=None, help="Synthetic split sizes TRAIN,VALIDATION,TEST.")
+
+
+def check_data_arguments(args) -> None:
+    """Reject flag combinations that cannot load, before anything is built; raises SystemExit with a sentence."""
+    if args.dataset_format in ("flickr8k", "karpathy", "coco") and not args.data_dir:
+        raise SystemExit(f"--dataset_format {args.dataset_format} needs --data_dir.")
+    if args.dataset_format == "hf" and not (args.dataset_name or args.data_dir):
+        raise SystemExit("--dataset_format hf needs --dataset_name (a hub id or local folder) or --data_dir.")
+    if args.synthetic_sizes is not None:
+        sizes = args.synthetic_sizes.split(",")
+        if len(sizes) != 3 or not all(n.strip().isdigit() and int(n) > 0 for n in sizes):
+            raise SystemExit(
+                f"--synthetic_sizes must be three positive integers TRAIN,VALIDATION,TEST; got {args.synthetic_sizes!r}."
+            )
+
+
+def load_splits_from_args(args) -> dict[str, CaptionDataset]:
+    """`load_caption_splits` with the flags of `add_data_arguments` (and `args.seed`)."""
+    options = {}
+    if args.dataset_format == "synthetic" and args.synthetic_sizes:
+        options["sizes"] = tuple(int(n) for n in args.synthetic_sizes.split(","))
+    return load_caption_splits(
+        args.dataset_format,
+        data_dir=args.data_dir,
+        dataset_name=args.dataset_name,
+        image_column=args.image_column,
+        caption_column=args.caption_column,
+        seed=args.seed,
+        **options,
+    )
+
+
 __all__ = [
     "FORMATS",
     "SPLITS",
@@ -1026,5 +1066,8 @@ __all__ = [
     "SkipCounts",
     "check_image_file",
     "deterministic_split",
+    "add_data_arguments",
+    "check_data_arguments",
     "load_caption_splits",
+    "load_splits_from_args",
 ]

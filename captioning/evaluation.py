@@ -10,6 +10,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from captioning.data import add_data_arguments, check_data_arguments, load_splits_from_args
+
 
 class EvalCollator:
     """Images and all references of each item; no labels (the captions scored come from generate())."""
@@ -95,11 +97,7 @@ def write_predictions(path: Path, predictions: dict[str, str], references: dict[
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Score a saved captioner on a dataset split.")
     parser.add_argument("--model", required=True, help="A saved model folder (or hub id) with its processor.")
-    parser.add_argument("--dataset_format", default="synthetic")
-    parser.add_argument("--data_dir", default=None)
-    parser.add_argument("--dataset_name", default=None)
-    parser.add_argument("--image_column", default="image")
-    parser.add_argument("--caption_column", default="caption")
+    add_data_arguments(parser)
     parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
     parser.add_argument("--output_dir", required=True, help="Where metrics.json and predictions.json go.")
     parser.add_argument("--batch_size", type=int, default=32)
@@ -109,7 +107,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max_samples", type=int, default=None, help="Score only the first N images (a subset).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the dataset split (synthetic, random splits).")
     parser.add_argument("--trust_remote_code", action="store_true")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_data_arguments(args)
+    return args
 
 
 def main(argv=None) -> dict:
@@ -117,18 +117,10 @@ def main(argv=None) -> dict:
     from transformers import AutoModel, AutoProcessor
 
     import modeling_captioner  # noqa: F401  (registers the Auto classes)
-    from captioning.data import load_caption_splits
 
     model = AutoModel.from_pretrained(args.model, trust_remote_code=args.trust_remote_code).eval()
     processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
-    splits = load_caption_splits(
-        args.dataset_format,
-        data_dir=args.data_dir,
-        dataset_name=args.dataset_name,
-        image_column=args.image_column,
-        caption_column=args.caption_column,
-        seed=args.seed,
-    )
+    splits = load_splits_from_args(args)
     dataset = splits[args.split]
     expected = len(dataset)
     if args.max_samples is not None:

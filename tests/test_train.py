@@ -17,6 +17,8 @@ from test_data import make_coco, make_kaggle_flickr8k
 from transformers import AutoModel, AutoProcessor
 
 import train
+from captioning import evaluation as captioning_evaluation
+from captioning.metrics import compute_caption_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -39,7 +41,19 @@ TINY = [
     "--vocab_size",
     "300",
     "--no_meteor",
+    "--no-with_tracking",
 ]
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    """Accelerate keeps one state per process (a real run is one process); each in-process run here starts clean,
+    as accelerate's own AccelerateTestCase does."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def run_train(*extra: str) -> dict:
@@ -63,10 +77,10 @@ def test_dry_run_prints_trainable_parameters_per_stage(tmp_path, capsys):
 
 
 def test_synthetic_run_writes_a_complete_model_folder(tmp_path):
-    # The one tiny run that also starts METEOR's Java scorer (a later flag wins over TINY's --no_meteor).
+    # The one tiny run with METEOR's Java scorer and TensorBoard logging, both on by default.
     report = train.main(
         [
-            *[f for f in TINY if f != "--no_meteor"],
+            *[f for f in TINY if f not in ("--no_meteor", "--no-with_tracking")],
             "--output_dir",
             str(tmp_path),
             "--synthetic_sizes",
@@ -100,6 +114,36 @@ def test_synthetic_run_writes_a_complete_model_folder(tmp_path):
     model = AutoModel.from_pretrained(tmp_path)
     assert model.generation_config.num_beams == 2 and model.generation_config.length_penalty == 0.6
     assert type(AutoProcessor.from_pretrained(tmp_path)).__name__ == "CaptionerProcessor"
+    # The evaluation command scores the saved folder on a split and writes what it scored.
+    evaluation = captioning_evaluation.main(
+        [
+            "--model",
+            str(tmp_path),
+            "--synthetic_sizes",
+            "48,16,16",
+            "--split",
+            "validation",
+            "--num_beams",
+            "1",
+            "--output_dir",
+            str(tmp_path / "eval"),
+        ]
+    )
+    rows = json.loads((tmp_path / "eval" / "predictions.json").read_text())
+    assert len(rows) == 16 and json.loads((tmp_path / "eval" / "metrics.json").read_text()) == evaluation
+    rescored = compute_caption_metrics(
+        {r["image_id"]: r["caption"] for r in rows}, {r["image_id"]: r["references"] for r in rows}, meteor=False
+    )
+    assert rescored["CIDEr-D"] == pytest.approx(evaluation["metrics"]["CIDEr-D"], abs=1e-9)
+    with pytest.raises(SystemExit, match="needs --data_dir"):
+        captioning_evaluation.main(["--model", str(tmp_path), "--dataset_format", "coco", "--output_dir", "x"])
+    # Tracking is on by default: TensorBoard event files with the training loss and validation CIDEr-D / METEOR.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = list(tmp_path.glob("**/events.out.tfevents.*"))
+    assert events, "no TensorBoard log"
+    tags = EventAccumulator(str(events[0].parent)).Reload().Tags()["scalars"]
+    assert "train/loss" in tags and "validation/CIDEr-D" in tags and "validation/METEOR" in tags
     # Epoch 0 trained with the backbone frozen: every training image's features went through the cache.
     caches = list((tmp_path / "feature_cache").glob("*/filled.npy"))
     assert len(caches) == 1
@@ -258,3 +302,19 @@ def test_sigkill_and_resume_ends_like_an_uninterrupted_run(tmp_path):
     # The resumed run went on in the right stage: its last checkpoint trained the encoder (stage 2, epoch 1).
     last = json.loads((resumed / "checkpoints" / "step_12" / "training_state.json").read_text())
     assert last["epoch"] == 2 and any(h.get("stage") == 2 for h in last["history"])
+
+
+def test_bf16_mixed_precision_on_cpu(tmp_path):
+    report = run_train(
+        "--output_dir",
+        str(tmp_path),
+        "--synthetic_sizes",
+        "32,8,8",
+        "--max_train_steps",
+        "2",
+        "--mixed_precision",
+        "bf16",
+    )
+    assert report["optimizer_steps"] == 2
+    # Autocast computes in bf16; the weights stay float32 in the saved folder.
+    assert AutoModel.from_pretrained(tmp_path).dtype == torch.float32
