@@ -49,7 +49,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument(
         "--encoder", default=None, help="'resnet' or 'vit' (random), or a pretrained vision model id/path."
     )
-    model.add_argument("--decoder", default=None, help="'transformer' or 'gpt2' (random), or a GPT-2 model id/path.")
+    model.add_argument(
+        "--decoder",
+        default=None,
+        help="'transformer' or 'gpt2' (the preset's, random), or a pretrained GPT-2 id/path such as openai-community/gpt2 "
+        "(with a pretrained --encoder).",
+    )
     model.add_argument("--model_name_or_path", default=None, help="Continue from a saved captioner folder.")
     model.add_argument(
         "--tokenizer", default=None, help="Tokenizer folder or hub id; default: built from the captions."
@@ -198,9 +203,21 @@ def build_model(args, tokenizer) -> tuple[CaptionerForConditionalGeneration, boo
     if is_pretrained_id(args.encoder):
         decoder = args.decoder if is_pretrained_id(args.decoder) else None
         preset = CaptionerConfig.from_preset(args.preset)
-        fields = {k: getattr(preset, k) for k in ("d_model", "encoder_layers", "decoder_layers", "dropout")}
+        # The bridge and from-scratch decoder take the preset's sizes; the backbone comes from the checkpoint.
+        sizes = (
+            "d_model",
+            "encoder_layers",
+            "encoder_attention_heads",
+            "encoder_ffn_dim",
+            "decoder_layers",
+            "decoder_attention_heads",
+            "decoder_ffn_dim",
+            "max_position_embeddings",
+            "dropout",
+        )
+        fields = {k: getattr(preset, k) for k in sizes}
         model = CaptionerForConditionalGeneration.from_encoder_decoder_pretrained(
-            args.encoder, decoder, tokenizer=None if decoder else tokenizer, **({} if decoder else fields)
+            args.encoder, decoder, tokenizer=tokenizer, **({} if decoder else fields)
         )
         return model, True, decoder is not None
     config = CaptionerConfig.from_preset(args.preset, encoder=args.encoder, decoder=args.decoder, tokenizer=tokenizer)

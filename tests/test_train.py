@@ -318,3 +318,54 @@ def test_bf16_mixed_precision_on_cpu(tmp_path):
     assert report["optimizer_steps"] == 2
     # Autocast computes in bf16; the weights stay float32 in the saved folder.
     assert AutoModel.from_pretrained(tmp_path).dtype == torch.float32
+
+
+def test_pretrained_parts_get_the_staged_default_schedule(tmp_path, capsys, tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel, ResNetConfig, ResNetModel
+
+    resnet = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic")
+    ResNetModel(resnet).save_pretrained(tmp_path / "resnet")
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    gpt2 = GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=32, vocab_size=len(tokenizer))
+    GPT2LMHeadModel(gpt2).save_pretrained(tmp_path / "gpt2")
+
+    run_train(
+        "--output_dir",
+        str(tmp_path / "dry"),
+        "--synthetic_sizes",
+        "16,8,8",
+        "--dry_run",
+        "--encoder",
+        str(tmp_path / "resnet"),
+        "--decoder",
+        str(tmp_path / "gpt2"),
+        "--tokenizer",
+        str(tmp_path / "tokenizer"),
+    )
+    printed = capsys.readouterr().out
+    assert "stage 1 from epoch 0" in printed and "frozen: encoder, decoder" in printed
+    assert "stage 3 from epoch 2" in printed and "encoder 21,584 (lr ×0.1)" in printed
+
+    # A pretrained backbone with the preset's from-scratch decoder: the backbone is frozen for epoch 0 and its
+    # features come from the cache from then on.
+    output = tmp_path / "run"
+    report = run_train(
+        "--output_dir",
+        str(output),
+        "--synthetic_sizes",
+        "32,8,8",
+        "--num_train_epochs",
+        "1",
+        "--encoder",
+        str(tmp_path / "resnet"),
+    )
+    assert report["optimizer_steps"] == 2
+    model = AutoModel.from_pretrained(output)
+    assert (
+        model.config.d_model == 32 and model.config.decoder_attention_heads == 2 and model.config.encoder_ffn_dim == 64
+    )
+    reference = ResNetModel.from_pretrained(tmp_path / "resnet").state_dict()
+    for name, tensor in model.encoder.backbone.state_dict().items():
+        if "num_batches_tracked" not in name:
+            torch.testing.assert_close(tensor, reference[name], atol=0, rtol=0, msg=f"frozen {name} changed")
+    assert list((output / "feature_cache").glob("*/features.npy"))
