@@ -24,6 +24,7 @@ from captioning.feature_cache import FeatureCache, cache_key, cached_vision_feat
 from captioning.losses import caption_loss
 from captioning.unfreezing import UnfreezingSchedule, train_mode
 from modeling_captioner import (
+    DECODER_TYPES,
     PRESETS,
     CaptionerConfig,
     CaptionerForConditionalGeneration,
@@ -52,8 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument(
         "--decoder",
         default=None,
-        help="'transformer' or 'gpt2' (the preset's, random), or a pretrained GPT-2 id/path such as openai-community/gpt2 "
-        "(with a pretrained --encoder).",
+        help="'transformer', 'gpt2' or 'lstm' (the preset's, random), or a pretrained GPT-2 id/path such as "
+        "openai-community/gpt2 (with a pretrained --encoder).",
     )
     model.add_argument("--model_name_or_path", default=None, help="Continue from a saved captioner folder.")
     model.add_argument(
@@ -184,7 +185,8 @@ class CachedFeatures(torch.utils.data.Dataset):
 
 
 def is_pretrained_id(value: str | None) -> bool:
-    return value is not None and value not in ("resnet", "vit", "transformer", "gpt2")
+    """An --encoder/--decoder value naming pretrained weights (hub id or folder), not an architecture keyword."""
+    return value is not None and value not in ("resnet", "vit", *DECODER_TYPES)
 
 
 def build_tokenizer_for(args, train_captions: list[str]):
@@ -398,15 +400,17 @@ def main(argv=None) -> dict:
             else:
                 inputs["pixel_values"] = batch["pixel_values"]
             with accelerator.accumulate(model):
-                logits = model(**inputs).logits
+                outputs = model(**inputs)
                 loss, parts = caption_loss(
-                    logits,
+                    outputs.logits,
                     labels,
                     label_smoothing=args.label_smoothing,
                     eos_token_id=unwrapped.config.eos_token_id,
                     eos_min_length=args.eos_min_length,
                     eos_penalty=args.eos_penalty,
                 )
+                if outputs.attention_penalty is not None:  # Show, Attend and Tell's attention regularisation
+                    loss = loss + outputs.attention_penalty
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm:
                     accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], args.max_grad_norm)

@@ -15,8 +15,11 @@ def parameter_group(name: str) -> str:
         return "encoder"
     if name.startswith("encoder."):
         return "bridge"
-    # From-scratch decoder: layers.N.cross_attn*; GPT-2: h.N.crossattention.* and h.N.ln_cross_attn.*
+    # From-scratch decoder: layers.N.cross_attn*; GPT-2: h.N.crossattention.* and h.N.ln_cross_attn.*; LSTM decoder:
+    # its soft attention (with the β gate).
     if ".cross_attn" in name or ".crossattention." in name or ".ln_cross_attn." in name:
+        return "cross_attention"
+    if name.startswith("decoder.attention."):
         return "cross_attention"
     if name.startswith("decoder."):
         return "decoder"

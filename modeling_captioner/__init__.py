@@ -2,12 +2,14 @@
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
-from .configuration_captioner import PRESETS, CaptionerConfig, special_tokens_from_tokenizer
+from .configuration_captioner import DECODER_TYPES, PRESETS, CaptionerConfig, special_tokens_from_tokenizer
 from .modeling_captioner import (
     DECODER_CLASSES,
     CaptionerForConditionalGeneration,
     CaptionerImageEncoder,
+    CaptionerLSTMDecoder,
     CaptionerPreTrainedModel,
+    CaptionerSeq2SeqLMOutput,
     CaptionerTransformerDecoder,
 )
 from .processing_captioner import CaptionerProcessor, build_image_processor, load_image
@@ -24,12 +26,15 @@ CaptionerProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
     "DECODER_CLASSES",
+    "DECODER_TYPES",
     "PRESETS",
     "CaptionerConfig",
     "CaptionerForConditionalGeneration",
     "CaptionerImageEncoder",
+    "CaptionerLSTMDecoder",
     "CaptionerPreTrainedModel",
     "CaptionerProcessor",
+    "CaptionerSeq2SeqLMOutput",
     "CaptionerTransformerDecoder",
     "build_image_processor",
     "load_image",

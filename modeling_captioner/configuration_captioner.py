@@ -6,9 +6,10 @@ from transformers import AutoConfig, GPT2Config, PreTrainedConfig, ResNetConfig,
 from transformers.configuration_utils import SubConfigSpec
 
 DECODER_TYPES = ("transformer", "gpt2", "lstm")
-# "lstm" (Show, Attend and Tell) has a reserved name but no implementation yet; see CaptionerConfig.validate().
-AVAILABLE_DECODER_TYPES = ("transformer", "gpt2")
+AVAILABLE_DECODER_TYPES = DECODER_TYPES
 POSITION_EMBEDDING_TYPES = ("learned", "sinusoidal_2d", "none")
+RNN_CELLS = ("lstm", "gru", "rnn")
+RNN_ATTENTIONS = ("bahdanau", "luong", "none")
 
 
 class CaptionerConfig(PreTrainedConfig):
@@ -26,8 +27,17 @@ class CaptionerConfig(PreTrainedConfig):
             Config of the GPT-2 decoder; required when `decoder_type="gpt2"`, unused otherwise. Its width, vocabulary
             and special tokens are kept equal to this config's.
         decoder_type (`str`, *optional*, defaults to `"transformer"`):
-            `"transformer"` (a from-scratch pre-LN Transformer decoder) or `"gpt2"` (GPT2LMHeadModel with
-            cross-attention). `"lstm"` is reserved for the Show, Attend and Tell decoder.
+            `"transformer"` (a from-scratch pre-LN Transformer decoder), `"gpt2"` (GPT2LMHeadModel with
+            cross-attention) or `"lstm"` (Show, Attend and Tell: a recurrent decoder with soft attention).
+        cell (`str`, *optional*, defaults to `"lstm"`):
+            Recurrent cell of the `"lstm"` decoder: `"lstm"`, `"gru"` or `"rnn"` (tanh).
+        attention (`str`, *optional*, defaults to `"bahdanau"`):
+            Attention of the `"lstm"` decoder over image positions: `"bahdanau"` (additive), `"luong"`
+            (multiplicative, "general" score) or `"none"` (the mean image feature at every step).
+        embed_dim / rnn_hidden_size / attention_dim (`int`, *optional*, default to 512):
+            Word embedding, recurrent state and attention widths of the `"lstm"` decoder.
+        attention_regularization (`float`, *optional*, defaults to 1.0):
+            λ of Show, Attend and Tell's doubly stochastic attention regularisation, added to the loss.
         image_size (`int`, *optional*, defaults to 224):
             Side of the square images the processor produces. For ViT it must equal `vision_config.image_size`.
         position_embedding_type (`str`, *optional*, defaults to `"learned"`):
@@ -99,6 +109,12 @@ class CaptionerConfig(PreTrainedConfig):
     is_encoder_decoder: bool = True
     vision_model_name_or_path: str | None = None
     decoder_model_name_or_path: str | None = None
+    cell: str = "lstm"
+    attention: str = "bahdanau"
+    embed_dim: int = 512
+    rnn_hidden_size: int = 512
+    attention_dim: int = 512
+    attention_regularization: float = 1.0
 
     def __post_init__(self, **kwargs):
         if self.decoder_type == "gpt2" and self.text_config is None:
@@ -137,11 +153,21 @@ class CaptionerConfig(PreTrainedConfig):
             raise ValueError(
                 f"CaptionerConfig.decoder_type={self.decoder_type!r} is unknown; expected one of {DECODER_TYPES}."
             )
-        if self.decoder_type not in AVAILABLE_DECODER_TYPES:
-            raise ValueError(
-                f"CaptionerConfig.decoder_type={self.decoder_type!r} is reserved but not implemented yet; "
-                f"use one of {AVAILABLE_DECODER_TYPES}."
-            )
+        if self.decoder_type == "lstm":
+            if self.cell not in RNN_CELLS:
+                raise ValueError(f"CaptionerConfig.cell={self.cell!r} is unknown; expected one of {RNN_CELLS}.")
+            if self.attention not in RNN_ATTENTIONS:
+                raise ValueError(
+                    f"CaptionerConfig.attention={self.attention!r} is unknown; expected one of {RNN_ATTENTIONS}."
+                )
+            for name in ("embed_dim", "rnn_hidden_size", "attention_dim"):
+                value = getattr(self, name)
+                if not isinstance(value, int) or value <= 0:
+                    raise ValueError(f"CaptionerConfig.{name} must be a positive integer, got {value!r}.")
+            if self.attention_regularization < 0:
+                raise ValueError(
+                    f"CaptionerConfig.attention_regularization must be >= 0, got {self.attention_regularization!r}."
+                )
         if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
             raise ValueError(
                 f"CaptionerConfig.position_embedding_type={self.position_embedding_type!r} is unknown; expected one "
@@ -157,7 +183,7 @@ class CaptionerConfig(PreTrainedConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"CaptionerConfig.{name} must be a non-negative integer, got {value!r}.")
-        heads = {"decoder_attention_heads": self.decoder_attention_heads}
+        heads = {} if self.decoder_type == "lstm" else {"decoder_attention_heads": self.decoder_attention_heads}
         if self.encoder_layers:
             heads["encoder_attention_heads"] = self.encoder_attention_heads
         for name, value in heads.items():
@@ -231,6 +257,8 @@ class CaptionerConfig(PreTrainedConfig):
             kwargs["position_embedding_type"] = "none"
         if tokenizer is not None:
             kwargs.update(special_tokens_from_tokenizer(tokenizer))
+        if decoder == "lstm":
+            kwargs.update(preset.get("lstm", {}))
         if decoder == "gpt2":
             gpt2_fields = dict(preset["gpt2"])
             kwargs["decoder_model_name_or_path"] = gpt2_fields.pop("source", None)
@@ -328,6 +356,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "dropout": 0.0,
         },
         "gpt2": {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 32, "vocab_size": 1000},
+        "lstm": {"embed_dim": 64, "rnn_hidden_size": 64, "attention_dim": 32, "decoder_layers": 1},
     },
     # About a million parameters on 64×64 images: the default of train.py, which learns the built-in synthetic
     # dataset on a 2-core CPU in minutes.
@@ -350,6 +379,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "dropout": 0.1,
         },
         "gpt2": {"n_embd": 128, "n_layer": 2, "n_head": 4, "n_positions": 40, "vocab_size": 1000},
+        "lstm": {"embed_dim": 128, "rnn_hidden_size": 256, "attention_dim": 128, "decoder_layers": 1},
     },
     # The seed system: ResNet-101 grid features, 1-D learned positions, 3 encoder + 4 decoder layers, 8 heads.
     "resnet101-transformer": {
@@ -369,6 +399,23 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "gpt2": {"source": "gpt2"},
         "gpt2_tokens": GPT2_TOKENS,
+    },
+    # Show, Attend and Tell: ResNet-101 grid features read by an LSTM with soft (Bahdanau) attention. The seed used
+    # embed 512 / hidden 256 / 2048-d features: rnn_hidden_size=256, d_model=2048.
+    "show-attend-tell": {
+        "encoder": "resnet",
+        "decoder": "lstm",
+        "vision": {"resnet": _resnet101, "vit": _vit_base},
+        "fields": {
+            "d_model": 512,
+            "position_embedding_type": "none",
+            "embed_dim": 512,
+            "rnn_hidden_size": 512,
+            "attention_dim": 512,
+            "decoder_layers": 1,
+            "dropout": 0.5,
+            "vocab_size": 15000,
+        },
     },
     # ViT-Base + GPT-2 small joined by cross-attention (the vit-gpt2 recipe), GPT-2's own vocabulary.
     "vit-gpt2": {

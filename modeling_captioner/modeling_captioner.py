@@ -3,6 +3,7 @@ from-scratch Transformer or GPT-2 with cross-attention) behind transformers' gen
 
 import contextlib
 import inspect
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -416,12 +417,155 @@ class CaptionerTransformerDecoder(nn.Module):
         )
 
 
+class CaptionerRNNAttention(nn.Module):
+    """Soft attention of Show, Attend and Tell (Xu et al., 2015, §3.1.2) over the image positions, scored from the
+    recurrent state before the step: additive (Bahdanau et al., 2015), multiplicative "general" (Luong et al.,
+    2015), or none (the mean feature). The image side of the score is projected once per image (`project`)."""
+
+    def __init__(self, config: CaptionerConfig):
+        super().__init__()
+        self.kind = config.attention
+        if self.kind == "bahdanau":
+            self.feature_proj = nn.Linear(config.d_model, config.attention_dim)
+            self.state_proj = nn.Linear(config.rnn_hidden_size, config.attention_dim)
+            self.score = nn.Linear(config.attention_dim, 1)
+        elif self.kind == "luong":
+            self.feature_proj = nn.Linear(config.d_model, config.rnn_hidden_size, bias=False)
+        # Show, Attend and Tell §4.2.1: a gating scalar β = σ(f_β(h)) scales the context at each step.
+        self.gate = nn.Linear(config.rnn_hidden_size, 1)
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        if self.kind == "none":
+            return features.mean(dim=1, keepdim=True)  # (B, N, D) -> (B, 1, D)
+        return self.feature_proj(features)  # (B, N, D) -> (B, N, A)
+
+    def forward(
+        self, state: torch.Tensor, keys: torch.Tensor, features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.kind == "none":
+            context, weights = keys[:, 0], None
+        else:
+            if self.kind == "bahdanau":
+                scores = self.score(torch.tanh(keys + self.state_proj(state)[:, None])).squeeze(-1)  # (B, N)
+            else:
+                scores = torch.bmm(keys, state.unsqueeze(-1)).squeeze(-1)  # (B, N, H) @ (B, H, 1) -> (B, N)
+            weights = scores.float().softmax(dim=-1).to(features.dtype)
+            context = torch.bmm(weights.unsqueeze(1), features).squeeze(1)  # (B, 1, N) @ (B, N, D) -> (B, D)
+        return torch.sigmoid(self.gate(state)) * context, weights
+
+
+class CaptionerLSTMDecoder(nn.Module):
+    """Show, Attend and Tell's decoder: each step feeds the word embedding with the gated attention context to the
+    recurrent cell(s), whose state starts from the mean image feature; dropout precedes the output layer.
+
+    During generation the recurrent state of every step is appended to the self-attention cache as
+    (keys=h, values=c), so beam search reorders it with the cache; the projected image features sit in the
+    cross-attention cache, computed once per image."""
+
+    def __init__(self, config: CaptionerConfig):
+        super().__init__()
+        self.config = config
+        hidden = config.rnn_hidden_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=config.pad_token_id)
+        self.attention = CaptionerRNNAttention(config)
+        # Show, Attend and Tell §3.1.2: initial memory and state predicted from the mean annotation vector.
+        self.init_h = nn.ModuleList([nn.Linear(config.d_model, hidden) for _ in range(config.decoder_layers)])
+        if config.cell == "lstm":  # GRU and tanh-RNN cells have no memory cell
+            self.init_c = nn.ModuleList([nn.Linear(config.d_model, hidden) for _ in range(config.decoder_layers)])
+        cell_class = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}[config.cell]
+        inputs = [config.embed_dim + config.d_model] + [hidden] * (config.decoder_layers - 1)
+        self.cells = nn.ModuleList([cell_class(size, hidden) for size in inputs])
+        self.dropout = nn.Dropout(config.dropout)
+        self.lm_head = nn.Linear(hidden, config.vocab_size)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def _initial_state(self, features: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        mean = features.mean(dim=1)
+        hidden = [torch.tanh(h(mean)) for h in self.init_h]
+        if self.config.cell != "lstm":
+            return [(h, h) for h in hidden]
+        return [(h, torch.tanh(c(mean))) for h, c in zip(hidden, self.init_c, strict=True)]
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool = False,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        **kwargs,
+    ) -> CausalLMOutputWithCrossAttentions:
+        if use_cache and cache is None:
+            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        if not use_cache:
+            cache = None
+        features = encoder_hidden_states
+        if cache is not None and cache.is_updated.get(0):
+            keys = cache.cross_attention_cache.layers[0].keys[:, 0]
+        else:
+            keys = self.attention.project(features)
+            if cache is not None:
+                cache.cross_attention_cache.update(keys[:, None], features[:, None], 0)  # (B, N, A) -> (B, 1, N, A)
+                cache.is_updated[0] = True
+
+        if cache is not None and cache.get_seq_length() > 0:
+            layers = cache.self_attention_cache.layers
+            state = [(layers[i].keys[:, 0, -1], layers[i].values[:, 0, -1]) for i in range(len(self.cells))]
+        else:
+            state = self._initial_state(features)
+        is_lstm = self.config.cell == "lstm"
+        outputs, maps = [], []
+        for step in range(input_ids.shape[1]):
+            context, weights = self.attention(state[-1][0], keys, features)
+            layer_input = torch.cat([self.embed_tokens(input_ids[:, step]), context], dim=-1)
+            new_state = []
+            for cell, (h, c) in zip(self.cells, state, strict=True):
+                h, c = cell(layer_input, (h, c)) if is_lstm else (cell(layer_input, h),) * 2
+                new_state.append((h, c))
+                layer_input = h
+            state = new_state
+            outputs.append(layer_input)
+            maps.append(weights)
+            if cache is not None:
+                for i, (h, c) in enumerate(state):
+                    cache.self_attention_cache.update(h[:, None, None], c[:, None, None], i)  # (B, H) -> (B, 1, 1, H)
+        hidden_states = torch.stack(outputs, dim=1)  # T × (B, H) -> (B, T, H)
+        cross_attentions = None
+        if output_attentions and maps[0] is not None:
+            cross_attentions = (torch.stack(maps, dim=1)[:, None],)  # T × (B, N) -> (B, 1, T, N): one "head"
+        return CausalLMOutputWithCrossAttentions(
+            logits=self.lm_head(self.dropout(hidden_states)),
+            cache=cache,
+            hidden_states=(hidden_states,) if output_hidden_states else None,
+            cross_attentions=cross_attentions,
+        )
+
+
 def build_gpt2_decoder(config: CaptionerConfig) -> GPT2LMHeadModel:
     return GPT2LMHeadModel(config.text_config)
 
 
-# Config choice → decoder. "lstm" (Show, Attend and Tell) joins here when it is implemented.
-DECODER_CLASSES = {"transformer": CaptionerTransformerDecoder, "gpt2": build_gpt2_decoder}
+# Config choice → decoder.
+DECODER_CLASSES = {
+    "transformer": CaptionerTransformerDecoder,
+    "gpt2": build_gpt2_decoder,
+    "lstm": CaptionerLSTMDecoder,
+}
+
+
+@dataclass
+class CaptionerSeq2SeqLMOutput(Seq2SeqLMOutput):
+    r"""
+    attention_penalty (`torch.FloatTensor` of shape `()`, *optional*):
+        The "lstm" decoder's doubly stochastic attention regularisation (Show, Attend and Tell §4.2.1), λ included,
+        computed when training or given labels; already part of `loss`, returned for losses computed elsewhere.
+    """
+
+    attention_penalty: torch.FloatTensor | None = None
 
 
 class CaptionerPreTrainedModel(PreTrainedModel):
@@ -503,7 +647,7 @@ class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixi
         return_dict: bool | None = None,
         vision_features: torch.Tensor | None = None,
         **kwargs,
-    ) -> Seq2SeqLMOutput | tuple:
+    ) -> CaptionerSeq2SeqLMOutput | tuple:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
             Images as the processor returns them. Not needed when `encoder_outputs` is given.
@@ -552,6 +696,13 @@ class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixi
         if decoder_input_ids is None:
             raise ValueError("CaptionerForConditionalGeneration needs labels or decoder_input_ids to decode.")
 
+        config = self.config
+        penalise = (
+            config.decoder_type == "lstm"
+            and config.attention != "none"
+            and config.attention_regularization > 0
+            and (labels is not None or (self.training and not use_cache))
+        )
         # GPT-2's cross-attention views its inputs and fails on non-contiguous ones (e.g. expanded for beams).
         encoder_hidden_states = encoder_outputs.last_hidden_state.contiguous()
         with self._eager_gpt2_attention(output_attentions):
@@ -561,27 +712,44 @@ class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixi
                 encoder_hidden_states=encoder_hidden_states,
                 cache=cache,
                 use_cache=use_cache,
-                output_attentions=output_attentions,
+                output_attentions=output_attentions or penalise,
                 output_hidden_states=output_hidden_states,
                 return_dict=True,
             )
         logits = decoder_outputs.logits
+        penalty = None
+        if penalise:
+            valid = labels != -100 if labels is not None else decoder_attention_mask
+            penalty = self._attention_penalty(decoder_outputs.cross_attentions[0], valid)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+            if penalty is not None:
+                loss = loss + penalty
 
-        output = Seq2SeqLMOutput(
+        output = CaptionerSeq2SeqLMOutput(
             loss=loss,
+            attention_penalty=penalty,
             logits=logits,
             cache=decoder_outputs.cache,
             decoder_hidden_states=decoder_outputs.hidden_states,
             decoder_attentions=decoder_outputs.attentions,
-            cross_attentions=decoder_outputs.cross_attentions,
+            cross_attentions=decoder_outputs.cross_attentions if output_attentions else None,
             encoder_last_hidden_state=encoder_outputs.last_hidden_state,
             encoder_hidden_states=encoder_outputs.hidden_states,
             encoder_attentions=encoder_outputs.attentions,
         )
         return output if return_dict else output.to_tuple()
+
+    def _attention_penalty(self, maps: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        """Show, Attend and Tell §4.2.1: λ (1 − Σ_t α_ti)², pushing the caption to attend to every image position
+        over its length; only real (non-padding) steps count. Averaged over positions i (the paper sums them), as the
+        widely used PyTorch implementation does, so that λ = 1 does not swamp the word loss on large grids."""
+        weights = maps[:, 0]  # (B, 1, T, N) -> (B, T, N)
+        if valid is not None:
+            weights = weights * valid[:, :, None].to(weights.dtype)
+        coverage = weights.sum(dim=1)  # (B, N)
+        return self.config.attention_regularization * ((1.0 - coverage) ** 2).mean()
 
     @contextlib.contextmanager
     def _eager_gpt2_attention(self, output_attentions: bool):
@@ -716,6 +884,8 @@ def _summarise_names(names: list[str]) -> list[str]:
 
 __all__ = [
     "CaptionerForConditionalGeneration",
+    "CaptionerLSTMDecoder",
+    "CaptionerSeq2SeqLMOutput",
     "CaptionerImageEncoder",
     "CaptionerPreTrainedModel",
     "CaptionerTransformerDecoder",

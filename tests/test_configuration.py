@@ -81,7 +81,9 @@ def test_config_round_trip(tmp_path, tokenizer):
         ({"eos_token_id": 5000}, r"eos_token_id=5000 is outside the vocabulary"),
         ({"pad_token_id": -1}, r"pad_token_id=-1 is outside the vocabulary"),
         ({"decoder_type": "rnn"}, r"decoder_type='rnn' is unknown"),
-        ({"decoder_type": "lstm"}, r"decoder_type='lstm' is reserved but not implemented yet"),
+        ({"decoder_type": "lstm", "cell": "lstmx"}, r"cell='lstmx' is unknown"),
+        ({"decoder_type": "lstm", "attention": "dot"}, r"attention='dot' is unknown"),
+        ({"decoder_type": "lstm", "rnn_hidden_size": 0}, r"rnn_hidden_size must be a positive integer"),
         ({"position_embedding_type": "3d"}, r"position_embedding_type='3d' is unknown"),
         (
             {
@@ -111,8 +113,8 @@ def test_unknown_preset_and_parts_are_rejected():
         CaptionerConfig.from_preset("huge")
     with pytest.raises(ValueError, match="has no encoder 'swin'"):
         CaptionerConfig.from_preset("tiny", encoder="swin")
-    with pytest.raises(ValueError, match="has no decoder 'lstm'"):
-        CaptionerConfig.from_preset("tiny", decoder="lstm")
+    with pytest.raises(ValueError, match="has no decoder 'rnn'"):
+        CaptionerConfig.from_preset("tiny", decoder="rnn")
 
 
 def test_model_rejects_a_config_edited_into_inconsistency(tokenizer):
@@ -120,3 +122,16 @@ def test_model_rejects_a_config_edited_into_inconsistency(tokenizer):
     config.decoder_attention_heads = 5
     with pytest.raises(ValueError, match="decoder_attention_heads=5"):
         CaptionerForConditionalGeneration(config)
+
+
+def test_show_attend_tell_preset():
+    config = CaptionerConfig.from_preset("show-attend-tell")
+    assert config.decoder_type == "lstm" and config.cell == "lstm" and config.attention == "bahdanau"
+    assert config.vision_config.depths == [3, 4, 23, 3]
+    assert (config.embed_dim, config.rnn_hidden_size, config.decoder_layers) == (512, 512, 1)
+    # The seed's sizes: embed 512, hidden 256, the 2048-d ResNet features unprojected in width.
+    seed = CaptionerConfig.from_preset("show-attend-tell", rnn_hidden_size=256, d_model=2048)
+    with torch.device("meta"):
+        model = CaptionerForConditionalGeneration(seed)
+    assert model.decoder.cells[0].hidden_size == 256 and model.decoder.cells[0].input_size == 512 + 2048
+    assert model.encoder.projection.in_features == 2048 == model.encoder.projection.out_features

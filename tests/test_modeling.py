@@ -22,8 +22,12 @@ def random_inputs(model, batch_size: int = 2, length: int = 7, seed: int = 0) ->
     return {"pixel_values": pixel_values, "labels": labels}
 
 
-def strip_padding(row: torch.Tensor, pad_token_id: int) -> list[int]:
+def strip_padding(row: torch.Tensor, pad_token_id: int, eos_token_id: int) -> list[int]:
+    """A generated sequence up to its first EOS. Beam search fills finished rows with `pad_token_id or eos`, which
+    is EOS when the pad id is 0 (transformers 5.24 generation/utils.py), so both pad and EOS can trail a caption."""
     ids = row.tolist()
+    if eos_token_id in ids[1:]:
+        ids = ids[: ids.index(eos_token_id, 1) + 1]
     while len(ids) > 1 and ids[-1] == pad_token_id:
         ids.pop()
     return ids
@@ -137,8 +141,8 @@ def test_batched_generation_matches_single_images(pair, tokenizer):
     batched = model.generate(pixel_values, num_beams=5, max_new_tokens=10)
     for i in range(3):
         single = model.generate(pixel_values[i : i + 1], num_beams=5, max_new_tokens=10)[0]
-        pad = model.config.pad_token_id
-        assert strip_padding(batched[i], pad) == strip_padding(single, pad)
+        ids = model.config.pad_token_id, model.config.eos_token_id
+        assert strip_padding(batched[i], *ids) == strip_padding(single, *ids)
 
 
 def test_cross_attention_keys_values_projected_once_per_image(pair, tokenizer):

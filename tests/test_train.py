@@ -369,3 +369,21 @@ def test_pretrained_parts_get_the_staged_default_schedule(tmp_path, capsys, toke
         if "num_batches_tracked" not in name:
             torch.testing.assert_close(tensor, reference[name], atol=0, rtol=0, msg=f"frozen {name} changed")
     assert list((output / "feature_cache").glob("*/features.npy"))
+
+
+def test_lstm_decoder_trains_with_its_attention_penalty(tmp_path):
+    report = run_train(
+        "--output_dir",
+        str(tmp_path),
+        "--synthetic_sizes",
+        "32,8,8",
+        "--max_train_steps",
+        "2",
+        "--decoder",
+        "lstm",
+        "--unfreeze_schedule",
+        "bridge,cross_attention,decoder@0;encoder@1",
+    )
+    assert report["optimizer_steps"] == 2
+    model = AutoModel.from_pretrained(tmp_path)
+    assert model.config.decoder_type == "lstm" and model.config.attention == "bahdanau"
