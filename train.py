@@ -64,6 +64,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--num_train_epochs", type=int, default=12)
     optim.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs.")
+    optim.add_argument(
+        "--max_train_minutes",
+        type=float,
+        default=None,
+        help="Stop training after this much wall-clock time (then validate, keep the best, score the test split): "
+        "to compare models at equal time.",
+    )
     optim.add_argument("--per_device_train_batch_size", type=int, default=32)
     optim.add_argument("--per_device_eval_batch_size", type=int, default=64)
     optim.add_argument("--learning_rate", type=float, default=3e-4)
@@ -140,6 +147,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise SystemExit(f"--{name} must be at least 1, got {getattr(args, name)}.")
     if args.gradient_accumulation_steps < 1 or (args.max_train_steps is not None and args.max_train_steps < 1):
         raise SystemExit("--gradient_accumulation_steps and --max_train_steps must be at least 1.")
+    if args.max_train_minutes is not None and args.max_train_minutes <= 0:
+        raise SystemExit(f"--max_train_minutes must be positive, got {args.max_train_minutes}.")
     if args.learning_rate <= 0:
         raise SystemExit(f"--learning_rate must be positive, got {args.learning_rate}.")
     if args.checkpointing_steps != "epoch" and not str(args.checkpointing_steps).isdigit():
@@ -369,6 +378,9 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     running = {"loss": 0.0, "count": 0}
 
+    def out_of_time() -> bool:
+        return args.max_train_minutes is not None and time.perf_counter() - started >= 60 * args.max_train_minutes
+
     for epoch in range(state["epoch"], num_epochs):
         groups = schedule.apply(unwrapped, epoch)
         train_mode(unwrapped, groups)
@@ -444,7 +456,7 @@ def main(argv=None) -> dict:
                     args.checkpoints_total_limit,
                     [cache] if cache else [],
                 )
-            if state["completed_steps"] >= max_train_steps:
+            if state["completed_steps"] >= max_train_steps or out_of_time():
                 break
 
         # End of epoch: score generated validation captions, keep the best model by CIDEr-D.
@@ -484,7 +496,7 @@ def main(argv=None) -> dict:
             )
         if args.checkpointing_steps == "epoch" or state["completed_steps"] >= max_train_steps:
             save_checkpoint(accelerator, checkpoint_dir, state, args.checkpoints_total_limit, [cache] if cache else [])
-        if state["completed_steps"] >= max_train_steps:
+        if state["completed_steps"] >= max_train_steps or out_of_time():
             break
     progress.close()
     train_seconds = time.perf_counter() - started

@@ -387,3 +387,20 @@ def test_lstm_decoder_trains_with_its_attention_penalty(tmp_path):
     assert report["optimizer_steps"] == 2
     model = AutoModel.from_pretrained(tmp_path)
     assert model.config.decoder_type == "lstm" and model.config.attention == "bahdanau"
+
+
+def test_wall_clock_budget_stops_training_and_still_scores(tmp_path):
+    report = run_train(
+        "--output_dir",
+        str(tmp_path),
+        "--synthetic_sizes",
+        "64,8,8",
+        "--num_train_epochs",
+        "50",
+        "--max_train_minutes",
+        "0.0001",
+    )
+    assert report["optimizer_steps"] == 1  # the budget is checked after every optimizer step
+    assert (tmp_path / "model.safetensors").is_file() and report["test"]["CIDEr-D"] >= 0
+    with pytest.raises(SystemExit, match="must be positive"):
+        train.parse_args(["--max_train_minutes", "0"])
