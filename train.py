@@ -309,7 +309,10 @@ def main(argv=None) -> dict:
     model, encoder_pretrained, decoder_pretrained = build_model(args, tokenizer)
     processor = CaptionerProcessor(build_image_processor(model.config), tokenizer)
     model.generation_config.update(
-        num_beams=args.num_beams, length_penalty=args.length_penalty, max_new_tokens=args.max_new_tokens
+        # Saved as max_length (the start token + max_new_tokens) so callers' max_length still overrides it.
+        num_beams=args.num_beams,
+        length_penalty=args.length_penalty,
+        max_length=args.max_new_tokens + 1,
     )
     if args.unfreeze_schedule:
         lr_scales = {"encoder": args.encoder_lr_scale}

@@ -610,10 +610,11 @@ class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixi
             self.decoder.config = config.text_config
         self.post_init()
         # Instead of transformers' model-agnostic 20 tokens, a caption may use the decoder's positions (start token
-        # included), up to 63 new tokens; max_new_tokens or max_length passed to generate() still take precedence.
+        # included), up to 64. As max_length, not max_new_tokens: a max_new_tokens default would silently override a
+        # caller's max_length (e.g. Seq2SeqTrainer's generation_max_length), while either argument overrides this.
         gen = self.generation_config
         if gen is not None and gen.max_length is None and gen.max_new_tokens is None:
-            gen.max_new_tokens = min(config.max_position_embeddings - 1, 63)
+            gen.max_length = min(config.max_position_embeddings, 64)
 
     def get_encoder(self, modality: str | None = None) -> CaptionerImageEncoder:
         return self.encoder
