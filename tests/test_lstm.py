@@ -24,27 +24,15 @@ def lstm_model(encoder, attention, tokenizer, **overrides):
     return tiny_model(encoder, "lstm", tokenizer, attention=attention, **overrides)
 
 
-SLOW_TO_MEMORISE = pytest.mark.xfail(
-    strict=True,
-    reason="known gap (issue 4 note): the tiny ViT with a learned-attention LSTM does not memorise eight captions "
-    "within 1000 steps, while the same ViT without attention and every ResNet pair do",
-)
-
-
-@pytest.mark.parametrize(
-    ("encoder", "attention"),
-    [
-        ("resnet", "bahdanau"),
-        ("resnet", "luong"),
-        ("resnet", "none"),
-        ("vit", "none"),
-        pytest.param("vit", "bahdanau", marks=SLOW_TO_MEMORISE),
-        pytest.param("vit", "luong", marks=SLOW_TO_MEMORISE),
-    ],
-)
+@pytest.mark.parametrize("encoder", ["resnet", "vit"])
+@pytest.mark.parametrize("attention", ATTENTIONS)
 def test_overfit_eight_images(encoder, attention, tokenizer):
-    """Train until greedy generation reproduces all eight training captions (checked every 50 steps, at most 1000)."""
-    model = lstm_model(encoder, attention, tokenizer, dropout=0.0)
+    """Train until greedy generation reproduces all eight training captions (checked every 50 steps, at most 1000).
+
+    Without the doubly stochastic regulariser: it spreads attention over the whole image on purpose (with 17 ViT
+    positions and ~8 words its minimum is near-uniform attention), which works against memorising; this test checks
+    the wiring, the regulariser has its own tests."""
+    model = lstm_model(encoder, attention, tokenizer, dropout=0.0, attention_regularization=0.0)
     processor = CaptionerProcessor(build_image_processor(model.config), tokenizer)
     images, captions = scene_images(8)
     batch = processor(images=images, text=captions)
@@ -161,22 +149,23 @@ def test_save_load_and_remote_code(tokenizer, tmp_path):
         paths.append(str(tmp_path / f"image{i}.png"))
         image.save(paths[-1])
     folders, expected = [], {}
-    for encoder, attention in [("resnet", "bahdanau"), ("vit", "luong"), ("resnet", "none")]:
-        model = lstm_model(encoder, attention, tokenizer)
-        processor = CaptionerProcessor(build_image_processor(model.config), tokenizer)
-        folder = str(tmp_path / f"{encoder}-{attention}")
-        model.save_pretrained(folder)
-        processor.save_pretrained(folder)
-        inputs = processor(images=paths)
-        reloaded = AutoModel.from_pretrained(folder).eval()
-        torch.testing.assert_close(
-            reloaded(**inputs, decoder_input_ids=torch.tensor([[2, 7, 9]] * 2)).logits,
-            model(**inputs, decoder_input_ids=torch.tensor([[2, 7, 9]] * 2)).logits,
-            atol=1e-6,
-            rtol=0,
-        )
-        folders.append(folder)
-        expected[folder] = model.generate(**inputs, num_beams=5, max_new_tokens=8).tolist()
+    for encoder in ("resnet", "vit"):
+        for attention in ATTENTIONS:
+            model = lstm_model(encoder, attention, tokenizer)
+            processor = CaptionerProcessor(build_image_processor(model.config), tokenizer)
+            folder = str(tmp_path / f"{encoder}-{attention}")
+            model.save_pretrained(folder)
+            processor.save_pretrained(folder)
+            inputs = processor(images=paths)
+            reloaded = AutoModel.from_pretrained(folder).eval()
+            torch.testing.assert_close(
+                reloaded(**inputs, decoder_input_ids=torch.tensor([[2, 7, 9]] * 2)).logits,
+                model(**inputs, decoder_input_ids=torch.tensor([[2, 7, 9]] * 2)).logits,
+                atol=1e-6,
+                rtol=0,
+            )
+            folders.append(folder)
+            expected[folder] = model.generate(**inputs, num_beams=5, max_new_tokens=8).tolist()
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), PYTHONPATH="")
     completed = subprocess.run(
         [sys.executable, "-c", FRESH_PROCESS, "remote", json.dumps(folders), json.dumps(paths)],
