@@ -89,6 +89,13 @@ def causal_mask(query_length: int, key_length: int, padding_mask: torch.Tensor |
     return mask
 
 
+def step_cache(cache: Cache | None, use_cache: bool) -> EncoderDecoderCache | None:
+    """The cache a decoder call reads and extends: none without use_cache, a fresh one when the caller has none."""
+    if not use_cache:
+        return None
+    return cache if cache is not None else EncoderDecoderCache(DynamicCache(), DynamicCache())
+
+
 class CaptionerAttention(nn.Module):
     """Multi-head attention over the decoder's own tokens (causal), the image features (cross-attention) or, in the
     encoder, the image features themselves. Keys and values live in an EncoderDecoderCache during generation."""
@@ -379,10 +386,7 @@ class CaptionerTransformerDecoder(nn.Module):
         output_hidden_states: bool = False,
         **kwargs,
     ) -> CausalLMOutputWithCrossAttentions:
-        if use_cache and cache is None:
-            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-        if not use_cache:
-            cache = None
+        cache = step_cache(cache, use_cache)
         query_length = input_ids.shape[1]
         past_length = cache.get_seq_length() if cache is not None else 0
         if past_length + query_length > self.config.max_position_embeddings:
@@ -499,10 +503,7 @@ class CaptionerLSTMDecoder(nn.Module):
         output_hidden_states: bool = False,
         **kwargs,
     ) -> CausalLMOutputWithCrossAttentions:
-        if use_cache and cache is None:
-            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-        if not use_cache:
-            cache = None
+        cache = step_cache(cache, use_cache)
         features = encoder_hidden_states
         if cache is not None and cache.is_updated.get(0):
             keys = cache.cross_attention_cache.layers[0].keys[:, 0]

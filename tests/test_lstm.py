@@ -2,16 +2,11 @@
 beam search agrees with and without the cache and batched or not, it round-trips through save/load and remote
 code, and its attention maps are distributions over the image positions."""
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from conftest import scene_images, tiny_model
 from test_modeling import random_inputs, strip_padding
-from test_remote_code import FRESH_PROCESS
+from test_remote_code import run_fresh_process
 from transformers import AutoModel
 
 from modeling_captioner import CaptionerProcessor, build_image_processor
@@ -166,17 +161,7 @@ def test_save_load_and_remote_code(tokenizer, tmp_path):
             )
             folders.append(folder)
             expected[folder] = model.generate(**inputs, num_beams=5, max_new_tokens=8).tolist()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), PYTHONPATH="")
-    completed = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS, "remote", json.dumps(folders), json.dumps(paths)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    results = json.loads(completed.stdout.strip().splitlines()[-1])
+    results = run_fresh_process("remote", folders, paths, tmp_path)
     for folder in folders:
         assert results[folder]["ids"] == expected[folder]
         assert results[folder]["model_module"].startswith("transformers_modules.")

@@ -45,6 +45,24 @@ FRESH_PROCESS = textwrap.dedent(
 )
 
 
+def run_fresh_process(mode: str, folders: list[str], images: list[str], workdir) -> dict:
+    """Load and caption each folder in a new Python process ("installed": package imported; "remote": package
+    unimportable, trust_remote_code); returns what it printed, per folder."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(workdir / "modules"))
+    if mode == "remote":
+        env["PYTHONPATH"] = ""
+    completed = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, mode, json.dumps(folders), json.dumps(images)],
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+        env=env,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory, tokenizer):
     root = tmp_path_factory.mktemp("saved")
@@ -80,19 +98,7 @@ def test_fresh_process_loads_and_captions_every_pair(mode, saved, tmp_path):
             "processor_config.json",
         ):
             assert os.path.isfile(os.path.join(folder, name)), f"{name} missing from {folder}"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    if mode == "remote":
-        env["PYTHONPATH"] = ""
-    completed = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS, mode, json.dumps(folders), json.dumps(images)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    results = json.loads(completed.stdout.strip().splitlines()[-1])
+    results = run_fresh_process(mode, folders, images, tmp_path)
     for folder in folders:
         result = results[folder]
         assert result["ids"] == expected[folder]
