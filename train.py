@@ -22,7 +22,7 @@ from captioning.data import CaptionPairs, add_data_arguments, check_data_argumen
 from captioning.evaluation import generate_captions, write_predictions
 from captioning.feature_cache import FeatureCache, cache_key, cached_vision_features
 from captioning.losses import caption_loss
-from captioning.unfreezing import UnfreezingSchedule, train_mode
+from captioning.unfreezing import UnfreezingSchedule, parameter_group, train_mode
 from modeling_captioner import (
     DECODER_TYPES,
     PRESETS,
@@ -193,6 +193,25 @@ class CachedFeatures(torch.utils.data.Dataset):
         return item if item is None else {**item, "vision_features": self.cache.get([index])[0]}
 
 
+def step_inputs(model, batch: dict, cache: FeatureCache | None, device) -> dict:
+    """The model inputs of one training step. The loss is computed outside (label smoothing, EOS suppression), so the
+    model gets decoder inputs, not labels. With a `cache` (the backbone is frozen), image features are read from it
+    (or computed and stored); without one, the backbone runs on pixel_values."""
+    inputs = {
+        "decoder_input_ids": model.prepare_decoder_input_ids_from_labels(batch["labels"]),
+        "decoder_attention_mask": batch["decoder_attention_mask"],
+        "use_cache": False,
+    }
+    if cache is not None and "vision_features" in batch:
+        inputs["vision_features"] = batch["vision_features"]
+    elif cache is not None:
+        features = cached_vision_features(model, cache, batch["indices"], batch["pixel_values"])
+        inputs["vision_features"] = features.to(device)
+    else:
+        inputs["pixel_values"] = batch["pixel_values"]
+    return inputs
+
+
 def is_pretrained_id(value: str | None) -> bool:
     """An --encoder/--decoder value naming pretrained weights (hub id or folder), not an architecture keyword."""
     return value is not None and value not in ("resnet", "vit", *DECODER_TYPES)
@@ -237,8 +256,6 @@ def build_model(args, tokenizer) -> tuple[CaptionerForConditionalGeneration, boo
 
 def optimizer_groups(model, schedule: UnfreezingSchedule, learning_rate: float, weight_decay: float) -> list[dict]:
     """AdamW groups: no weight decay on biases, norms and embeddings; each unfreezing group at its own LR scale."""
-    from captioning.unfreezing import parameter_group
-
     groups: dict[tuple[str, bool], list] = {}
     for name, parameter in model.named_parameters():
         no_decay = parameter.ndim < 2 or "embed" in name or "wte" in name or "wpe" in name or "norm" in name
@@ -305,7 +322,7 @@ def main(argv=None) -> dict:
     if args.max_eval_samples is not None:
         validation = validation.subset(range(min(args.max_eval_samples, len(validation))))
 
-    tokenizer = build_tokenizer_for(args, [c for record in train_split.records for c in record.captions])
+    tokenizer = build_tokenizer_for(args, train_split.all_captions())
     model, encoder_pretrained, decoder_pretrained = build_model(args, tokenizer)
     processor = CaptionerProcessor(build_image_processor(model.config), tokenizer)
     model.generation_config.update(
@@ -319,19 +336,20 @@ def main(argv=None) -> dict:
         schedule = UnfreezingSchedule.parse(args.unfreeze_schedule, lr_scales)
     else:
         schedule = UnfreezingSchedule.default(encoder_pretrained, decoder_pretrained, args.encoder_lr_scale)
-    logger.info("unfreezing schedule:\n" + schedule.describe(model))
+    stages = schedule.describe(model)
+    logger.info("unfreezing schedule:\n" + stages)
     if args.dry_run:
-        print(schedule.describe(model))
-        return {"schedule": schedule.describe(model)}
+        print(stages)
+        return {"schedule": stages}
 
     train_items = CaptionPairs(train_split) if args.all_pairs else train_split
     cache = None
-    use_cache = not args.no_feature_cache and any("encoder" not in s.groups for s in schedule.stages)
-    if use_cache:
+    # The cache holds one row per image, so it serves one-item-per-image training (not --all_pairs).
+    frozen_stage = any("encoder" not in stage.groups for stage in schedule.stages)
+    if frozen_stage and not args.no_feature_cache and not args.all_pairs:
         key = cache_key(model.encoder.backbone, processor.image_processor, train_split.fingerprint())
         cache = FeatureCache(args.feature_cache_dir or output_dir / "feature_cache", key, len(train_split))
-        if not args.all_pairs:
-            train_items = CachedFeatures(train_split, cache)
+        train_items = CachedFeatures(train_split, cache)
     sampler = EpochSampler(len(train_items), args.seed)
     collator = CaptionCollator(processor, max_length=model.config.max_position_embeddings, seed=args.seed)
     train_loader = DataLoader(
@@ -401,19 +419,7 @@ def main(argv=None) -> dict:
             if "labels" not in batch:  # every image of this batch failed to decode: counted above, nothing to learn
                 continue
             labels = batch["labels"]
-            # The loss is computed here (label smoothing, EOS suppression), so the model gets decoder inputs only.
-            inputs = {
-                "decoder_input_ids": unwrapped.prepare_decoder_input_ids_from_labels(labels),
-                "decoder_attention_mask": batch["decoder_attention_mask"],
-                "use_cache": False,
-            }
-            if "vision_features" in batch and frozen_encoder:
-                inputs["vision_features"] = batch["vision_features"]
-            elif cache is not None and frozen_encoder and not args.all_pairs:
-                features = cached_vision_features(unwrapped, cache, batch["indices"], batch["pixel_values"])
-                inputs["vision_features"] = features.to(accelerator.device)
-            else:
-                inputs["pixel_values"] = batch["pixel_values"]
+            inputs = step_inputs(unwrapped, batch, cache if frozen_encoder else None, accelerator.device)
             with accelerator.accumulate(model):
                 outputs = model(**inputs)
                 loss, parts = caption_loss(

@@ -27,7 +27,7 @@ def measure(preset: str, mode: str, images: int, batch_size: int, repeats: int, 
 
     from captioning.collator import CaptionCollator
     from captioning.data import load_caption_splits
-    from captioning.feature_cache import FeatureCache, cache_key, cached_vision_features
+    from captioning.feature_cache import FeatureCache, cache_key
     from captioning.losses import caption_loss
     from captioning.unfreezing import UnfreezingSchedule, train_mode
     from modeling_captioner import (
@@ -37,7 +37,7 @@ def measure(preset: str, mode: str, images: int, batch_size: int, repeats: int, 
         build_image_processor,
     )
     from tokenization import build_tokenizer
-    from train import CachedFeatures, EpochSampler, optimizer_groups
+    from train import CachedFeatures, EpochSampler, optimizer_groups, step_inputs
 
     torch.manual_seed(0)
     split = load_caption_splits("synthetic", sizes=(images, 8, 8))["train"]
@@ -61,19 +61,7 @@ def measure(preset: str, mode: str, images: int, batch_size: int, repeats: int, 
         start = time.perf_counter()
         for batch in loader:
             labels = batch["labels"]
-            inputs = {
-                "decoder_input_ids": model.prepare_decoder_input_ids_from_labels(labels),
-                "decoder_attention_mask": batch["decoder_attention_mask"],
-                "use_cache": False,
-            }
-            if "vision_features" in batch:
-                inputs["vision_features"] = batch["vision_features"]
-            elif cache is not None:
-                inputs["vision_features"] = cached_vision_features(
-                    model, cache, batch["indices"], batch["pixel_values"]
-                )
-            else:
-                inputs["pixel_values"] = batch["pixel_values"]
+            inputs = step_inputs(model, batch, cache, "cpu")
             loss, _ = caption_loss(model(**inputs).logits, labels, label_smoothing=0.1)
             loss.backward()
             optimizer.step()
