@@ -99,7 +99,7 @@ class CaptionCollator:
             batch["captions"].append(
                 caption if caption is not None else self.pick_caption(item["captions"], item["index"], epoch)
             )
-        labels = self.processor(text=batch["captions"], max_length=self.max_length)["labels"]
+        labels = self.processor(text_target=batch["captions"], max_length=self.max_length)["labels"]
         with_features = ["vision_features" in item for item in kept]
         if all(with_features):
             batch["vision_features"] = torch.stack([torch.as_tensor(item["vision_features"]) for item in kept])

@@ -39,7 +39,7 @@ def main(argv=None) -> dict[str, str]:
     config = CaptionerConfig.from_preset("tiny", encoder=args.encoder, decoder=args.decoder, tokenizer=tokenizer)
     model = CaptionerForConditionalGeneration(config)
     processor = CaptionerProcessor(build_image_processor(config), tokenizer)
-    batch = processor(images=[render_scene(scene) for scene in scenes], text=captions)
+    batch = processor(images=[render_scene(scene) for scene in scenes], text_target=captions)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()

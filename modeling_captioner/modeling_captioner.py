@@ -617,6 +617,16 @@ class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixi
         if gen is not None and gen.max_length is None and gen.max_new_tokens is None:
             gen.max_length = min(config.max_position_embeddings, 64)
 
+    def _prepare_generated_length(self, generation_config, has_default_max_length, *args, **kwargs):
+        # Our saved max_length is a default caption length, as transformers' own 20 is: a caller's max_new_tokens
+        # replaces it without the "both max_new_tokens and max_length are set" warning on every pipeline call.
+        if (
+            generation_config.max_new_tokens is not None
+            and generation_config.max_length == self.generation_config.max_length
+        ):
+            has_default_max_length = True
+        return super()._prepare_generated_length(generation_config, has_default_max_length, *args, **kwargs)
+
     def get_encoder(self, modality: str | None = None) -> CaptionerImageEncoder:
         return self.encoder
 

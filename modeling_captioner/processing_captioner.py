@@ -1,5 +1,5 @@
-"""CaptionerProcessor: turns images of any mode, arrays or files into pixel_values and captions into labels, and
-generated ids back into clean captions."""
+"""CaptionerProcessor: turns images of any mode, arrays or files into pixel_values, prompts into decoder_input_ids,
+captions into labels, and generated ids back into clean captions."""
 
 import os
 from pathlib import Path
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
-from transformers import ProcessorMixin, ViTImageProcessorPil
+from transformers import GenerationConfig, ProcessorMixin, ViTImageProcessorPil
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_utils import (
     IMAGENET_DEFAULT_MEAN,
@@ -15,6 +15,8 @@ from transformers.image_utils import (
     IMAGENET_STANDARD_MEAN,
     IMAGENET_STANDARD_STD,
 )
+
+from .configuration_captioner import special_tokens_from_tokenizer
 
 # Modes PIL cannot turn into RGB faithfully by .convert("RGB"): 16/32-bit integers saturate, floats are truncated.
 _HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
@@ -112,13 +114,22 @@ class CaptionerProcessor(ProcessorMixin):
     r"""
     Image processor + tokenizer of a captioner.
 
-    `processor(images=...)` gives `pixel_values`; `processor(images=..., text=captions)` also gives `labels` (caption
-    ids ending in EOS, padded with -100) for training; `batch_decode(ids, skip_special_tokens=True)` gives captions.
+    - `processor(images=...)` gives `pixel_values`.
+    - `processor(images=..., text="a photo of")` also gives `decoder_input_ids`: the decoder's start token followed by
+      the prompt, which `model.generate` continues (conditional captioning, as BLIP does); an empty text is plain
+      captioning. This is what the "image-text-to-text" pipeline calls.
+    - `processor(images=..., text_target=captions)` also gives `labels` (caption ids ending in EOS, padded with -100)
+      for training, as 🤗 tokenizers name seq2seq targets.
+    - `batch_decode(ids, skip_special_tokens=True)` gives captions.
 
     Args:
         image_processor: any 🤗 image processor (see `build_image_processor`).
         tokenizer: the caption tokenizer (its EOS ends every label sequence).
     """
+
+    # Text options a caller such as the pipeline may pass for `text`; prompts are never padded or truncated (see
+    # `prompt_ids`), so they are accepted and not forwarded to the image processor.
+    _TEXT_KWARGS = ("padding", "truncation", "add_special_tokens", "return_attention_mask")
 
     def __init__(self, image_processor=None, tokenizer=None, **kwargs):
         super().__init__(image_processor, tokenizer, **kwargs)
@@ -127,6 +138,7 @@ class CaptionerProcessor(ProcessorMixin):
         self,
         images=None,
         text: str | list[str] | None = None,
+        text_target: str | list[str] | None = None,
         return_tensors: str | None = "pt",
         max_length: int | None = None,
         **kwargs,
@@ -134,26 +146,65 @@ class CaptionerProcessor(ProcessorMixin):
         """
         Args:
             images: one image or a list (PIL images of any mode, numpy arrays, file paths).
-            text: one caption or a list, one per image, turned into `labels`.
+            text: a caption prompt, one for all images or one per image, turned into `decoder_input_ids` for
+                generate() to continue. "" means no prompt.
+            text_target: one caption or a list, one per image, turned into `labels`.
             return_tensors: "pt" (default), "np" or None.
-            max_length: captions are cut to this many tokens, EOS included.
+            max_length: captions in `text_target` are cut to this many tokens, EOS included.
         """
-        if images is None and text is None:
-            raise ValueError("CaptionerProcessor needs images, text or both.")
+        if images is None and text is None and text_target is None:
+            raise ValueError("CaptionerProcessor needs images, text (a prompt), text_target (captions) or a mix.")
+        for key in self._TEXT_KWARGS:
+            kwargs.pop(key, None)
+        generation_options = sorted(key for key in kwargs if hasattr(GenerationConfig(), key))
+        if generation_options:
+            raise TypeError(
+                f"CaptionerProcessor got generation options {generation_options}: they belong to generate(), e.g. "
+                "model.generate(**inputs, num_beams=5), or pipe(..., generate_kwargs={'num_beams': 5}) in a pipeline."
+            )
         data = {}
+        num_images = None
         if images is not None:
             if not isinstance(images, (list, tuple)):
                 images = [images]
             if not images:
                 raise ValueError("CaptionerProcessor got an empty list of images.")
+            num_images = len(images)
             loaded = [load_image(image, where=f"images[{i}]") for i, image in enumerate(images)]
             data.update(self.image_processor(loaded, return_tensors=return_tensors, **kwargs))
         if text is not None:
-            captions = [text] if isinstance(text, str) else list(text)
-            if images is not None and len(captions) != len(images):
-                raise ValueError(f"Got {len(images)} images but {len(captions)} captions; pass one caption per image.")
+            data["decoder_input_ids"] = self.prompt_ids(text, num_images, return_tensors=return_tensors)
+        if text_target is not None:
+            captions = [text_target] if isinstance(text_target, str) else list(text_target)
+            if num_images is not None and len(captions) != num_images:
+                raise ValueError(f"Got {num_images} images but {len(captions)} captions; pass one caption per image.")
             data["labels"] = self.caption_labels(captions, max_length=max_length, return_tensors=return_tensors)
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def prompt_ids(self, text: str | list[str], num_images: int | None = None, return_tensors: str | None = "pt"):
+        """
+        The decoder's start token followed by each prompt's tokens, no EOS: generate() continues after the last one.
+        A single prompt (a string or a one-element list) is shared by all `num_images` images.
+
+        Prompts are not padded: a padded prompt would put padding between the prompt and the caption, and the decoders
+        number positions from the start token, so prompts in one call must have the same number of tokens.
+        """
+        prompts = [text] if isinstance(text, str) else list(text)
+        if not prompts or not all(isinstance(prompt, str) for prompt in prompts):
+            raise ValueError(f"text must be a prompt string or a list of them, got {text!r}.")
+        if num_images is not None and len(prompts) == 1:
+            prompts = prompts * num_images
+        if num_images is not None and len(prompts) != num_images:
+            raise ValueError(f"Got {num_images} images but {len(prompts)} prompts; pass one prompt, or one per image.")
+        start = special_tokens_from_tokenizer(self.tokenizer)["decoder_start_token_id"]
+        rows = [[start, *self.tokenizer(prompt.strip(), add_special_tokens=False)["input_ids"]] for prompt in prompts]
+        lengths = {len(row) - 1 for row in rows}
+        if len(lengths) > 1:
+            raise ValueError(
+                f"The prompts have different numbers of tokens ({sorted(lengths)}); prompts in one call must have the "
+                "same length (prompts are not padded). Caption groups of images with the same prompt separately."
+            )
+        return np.asarray(rows, dtype=np.int64) if return_tensors else rows
 
     def caption_labels(self, captions: list[str], max_length: int | None = None, return_tensors: str | None = "pt"):
         """Caption token ids followed by EOS (the decoder's start token is prepended by the model, not here), padded
@@ -162,7 +213,9 @@ class CaptionerProcessor(ProcessorMixin):
         rows = []
         for i, caption in enumerate(captions):
             if not isinstance(caption, str) or not caption.strip():
-                raise ValueError(f"text[{i}] is empty or not a string ({caption!r}); every caption needs words.")
+                raise ValueError(
+                    f"text_target[{i}] is empty or not a string ({caption!r}); every caption needs words."
+                )
             ids = self.tokenizer(caption, add_special_tokens=False)["input_ids"]
             if max_length is not None:
                 ids = ids[: max_length - 1]
@@ -177,9 +230,15 @@ class CaptionerProcessor(ProcessorMixin):
     def decode(self, *args, **kwargs) -> str:
         return self.tokenizer.decode(*args, **kwargs).strip()
 
+    def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens: bool = True, **kwargs):
+        """Captions from generate()'s ids, as the "image-text-to-text" pipeline asks for them."""
+        if generated_outputs.ndim == 1:
+            return self.decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
+        return self.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
+
     @property
     def model_input_names(self) -> list[str]:
-        return [*self.image_processor.model_input_names, "labels"]
+        return [*self.image_processor.model_input_names, "decoder_input_ids", "labels"]
 
 
 __all__ = ["CaptionerProcessor", "build_image_processor", "load_image", "to_rgb"]

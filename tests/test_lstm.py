@@ -30,7 +30,7 @@ def test_overfit_eight_images(encoder, attention, tokenizer):
     model = lstm_model(encoder, attention, tokenizer, dropout=0.0, attention_regularization=0.0)
     processor = CaptionerProcessor(build_image_processor(model.config), tokenizer)
     images, captions = scene_images(8)
-    batch = processor(images=images, text=captions)
+    batch = processor(images=images, text_target=captions)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
     generated = []
     for _ in range(20):

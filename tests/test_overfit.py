@@ -12,7 +12,7 @@ def test_overfit_eight_images(pair, tokenizer):
     processor = CaptionerProcessor(build_image_processor(model.config), tokenizer)
     images, captions = scene_images(8)
     assert len(set(captions)) == 8
-    batch = processor(images=images, text=captions)
+    batch = processor(images=images, text_target=captions)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     first_loss = None
     for _ in range(150):

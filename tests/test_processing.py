@@ -104,22 +104,22 @@ def test_unreadable_and_missing_files_are_named(processor, tmp_path):
 
 
 def test_captions_become_labels_ending_in_eos(processor, tokenizer):
-    batch = processor(images=[red_square("RGB")] * 2, text=["a red square", "a red square on the left"])
+    batch = processor(images=[red_square("RGB")] * 2, text_target=["a red square", "a red square on the left"])
     labels = batch["labels"]
     short = tokenizer("a red square", add_special_tokens=False)["input_ids"]
     assert labels.dtype == torch.int64 and labels.shape[0] == 2
     assert labels[0, : len(short) + 1].tolist() == [*short, tokenizer.eos_token_id]
     assert (labels[0, len(short) + 1 :] == -100).all()
     assert tokenizer.cls_token_id not in labels.tolist()[1]
-    assert processor(text="a red square", max_length=3)["labels"].shape == (1, 3)
+    assert processor(text_target="a red square", max_length=3)["labels"].shape == (1, 3)
 
 
 def test_bad_captions(processor):
-    with pytest.raises(ValueError, match=r"text\[1\] is empty"):
-        processor(text=["a dog", "   "])
+    with pytest.raises(ValueError, match=r"text_target\[1\] is empty"):
+        processor(text_target=["a dog", "   "])
     with pytest.raises(ValueError, match="2 images but 1 captions"):
-        processor(images=[red_square("RGB")] * 2, text=["a dog"])
-    with pytest.raises(ValueError, match="needs images, text or both"):
+        processor(images=[red_square("RGB")] * 2, text_target=["a dog"])
+    with pytest.raises(ValueError, match="needs images, text"):
         processor()
 
 
