@@ -119,3 +119,20 @@ def train_mode(model: nn.Module, trainable_groups: tuple[str, ...]) -> None:
     model.train()
     if "encoder" not in trainable_groups:
         model.encoder.backbone.eval()
+
+
+def optimizer_groups(model: nn.Module, schedule: UnfreezingSchedule, learning_rate: float, weight_decay: float):
+    """AdamW groups: no weight decay on biases, norms and embeddings; each unfreezing group at its own LR scale."""
+    groups: dict[tuple[str, bool], list] = {}
+    for name, parameter in model.named_parameters():
+        no_decay = parameter.ndim < 2 or "embed" in name or "wte" in name or "wpe" in name or "norm" in name
+        groups.setdefault((parameter_group(name), no_decay), []).append(parameter)
+    return [
+        {
+            "params": params,
+            "lr": learning_rate * schedule.lr_scales.get(group, 1.0),
+            "weight_decay": 0.0 if no_decay else weight_decay,
+            "name": f"{group}{'-no_decay' if no_decay else ''}",
+        }
+        for (group, no_decay), params in sorted(groups.items())
+    ]
