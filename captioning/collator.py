@@ -1,5 +1,6 @@
 """CaptionCollator: turns CaptionDataset / CaptionPairs items into model inputs (pixel_values, labels,
-decoder_attention_mask) plus the references for evaluation, training on one reference per image per epoch."""
+decoder_attention_mask) plus the references for evaluation, training on one reference per image per epoch, with
+optional image augmentation whose strength follows the epoch."""
 
 import random
 from collections.abc import Sequence
@@ -7,6 +8,7 @@ from typing import Any
 
 import torch
 
+from captioning.augmentation import AugmentationSchedule, ImageAugmentation, augmentation_rng
 from modeling_captioner import load_image
 
 # The batch keys the model's forward takes; the rest (ids, references, counts) are for the training loop.
@@ -45,15 +47,30 @@ class CaptionCollator:
     Args:
         processor (`CaptionerProcessor`): its image processor makes `pixel_values` and its tokenizer `labels`.
         max_length (`int`, *optional*): captions are cut to this many tokens, EOS included.
-        seed (`int`, *optional*, defaults to 0): seeds which reference is picked per image and epoch.
+        seed (`int`, *optional*, defaults to 0): seeds which reference is picked per image and epoch (and the
+            augmentation of each image in each epoch).
+        augmentation (`ImageAugmentation`, *optional*): augments training images (crop, colour, flips that swap
+            "left" and "right" in the caption), from a random stream of (seed, epoch, index) alone. For training
+            collators only: evaluation images stay as they are.
+        augmentation_schedule (`AugmentationSchedule`, *optional*): the augmentation strength of each epoch
+            (defaults to an exponential ramp over 10 epochs).
     """
 
-    def __init__(self, processor, max_length: int | None = None, seed: int = 0):
+    def __init__(
+        self,
+        processor,
+        max_length: int | None = None,
+        seed: int = 0,
+        augmentation: ImageAugmentation | None = None,
+        augmentation_schedule: AugmentationSchedule | None = None,
+    ):
         if max_length is not None and max_length < 2:
             raise ValueError(f"max_length={max_length}: a label needs room for at least one token and EOS.")
         self.processor = processor
         self.max_length = max_length
         self.seed = seed
+        self.augmentation = augmentation
+        self.augmentation_schedule = augmentation_schedule or AugmentationSchedule()
         # A shared-memory scalar rather than an int: DataLoader workers hold a copy of the collator, and a plain
         # attribute set in the main process would never reach persistent workers.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
@@ -82,6 +99,12 @@ class CaptionCollator:
         random.Random(f"captioner-collator:{self.seed}:{index}:{cycle}").shuffle(order)
         return captions[order[position]]
 
+    def augmentation_strength(self, epoch: int | None = None) -> float:
+        """The augmentation strength of `epoch` (defaults to the current one): 0 without augmentation."""
+        if self.augmentation is None:
+            return 0.0
+        return self.augmentation_schedule.strength(self.epoch if epoch is None else epoch)
+
     def __call__(self, items: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
         kept = [item for item in items if item is not None]
         batch: dict[str, Any] = {
@@ -99,23 +122,28 @@ class CaptionCollator:
             batch["captions"].append(
                 caption if caption is not None else self.pick_caption(item["captions"], item["index"], epoch)
             )
-        labels = self.processor(text_target=batch["captions"], max_length=self.max_length)["labels"]
         with_features = ["vision_features" in item for item in kept]
         if all(with_features):
             batch["vision_features"] = torch.stack([torch.as_tensor(item["vision_features"]) for item in kept])
         else:
-            batch["pixel_values"] = self._pixel_values(kept)
+            # Before the labels: a flipped image gets its caption's left and right swapped.
+            batch["pixel_values"] = self._pixel_values(kept, batch["captions"], epoch)
+        labels = self.processor(text_target=batch["captions"], max_length=self.max_length)["labels"]
         batch["labels"] = labels
         batch["decoder_attention_mask"] = (labels != -100).long()
         return batch
 
-    def _pixel_values(self, items: list[dict[str, Any]]) -> torch.Tensor:
+    def _pixel_values(self, items: list[dict[str, Any]], captions: list[str], epoch: int) -> torch.Tensor:
         with_image = [i for i, item in enumerate(items) if "image" in item]
         if not with_image:
             raise ValueError("CaptionCollator got items with neither an image nor vision_features.")
-        pixels = self.processor.image_processor(
-            [load_image(items[i]["image"]) for i in with_image], return_tensors="pt"
-        )["pixel_values"]
+        images = [load_image(items[i]["image"]) for i in with_image]
+        strength = self.augmentation_strength(epoch)
+        if strength > 0:
+            for position, i in enumerate(with_image):
+                rng = augmentation_rng(self.seed, epoch, items[i]["index"])
+                images[position], captions[i] = self.augmentation(images[position], captions[i], strength, rng)
+        pixels = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
         if len(with_image) == len(items):
             return pixels
         # A batch mixing cached and uncached items (a feature cache filling up): the cached rows get zeros, which
