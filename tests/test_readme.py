@@ -1,8 +1,14 @@
 """The README's usage snippets run (in order, sharing one namespace), and its two commands are the ones CI and the
 Makefile use."""
 
+import os
 import re
+import subprocess
 from pathlib import Path
+
+from conftest import scene_images, tiny_model
+
+from modeling_captioner import CaptionerProcessor, build_image_processor
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -33,3 +39,29 @@ def test_readme_commands_are_the_makefile_and_ci_ones():
     assert re.search(r"^train:", makefile, flags=re.MULTILINE) and re.search(r"^test:", makefile, flags=re.MULTILINE)
     assert "configs/synthetic-small.yaml" in makefile
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def bash_block_with(command: str) -> list[str]:
+    """The lines of the README's bash block that runs `command`."""
+    blocks = [b for b in re.findall(r"```bash\n(.*?)```", README, flags=re.DOTALL) if command in b]
+    assert len(blocks) == 1, f"expected one bash block with {command!r}"
+    return [line for line in blocks[0].splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_readme_caption_commands_run(tmp_path, tokenizer):
+    """The caption command lines, as written, against a tiny model where `make demo` puts one and a photos/ folder."""
+    model = tiny_model("resnet", "transformer", tokenizer)
+    model.save_pretrained(tmp_path / "outputs" / "demo")
+    CaptionerProcessor(build_image_processor(model.config), tokenizer).save_pretrained(tmp_path / "outputs" / "demo")
+    (tmp_path / "photos" / "holiday").mkdir(parents=True)
+    images, _ = scene_images(4)
+    for image, name in zip(images, ["beach.jpg", "dog.png", "holiday/boat.png", "holiday/tent.jpg"], strict=True):
+        image.save(tmp_path / "photos" / name)
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    for line in bash_block_with("captioner caption"):
+        completed = subprocess.run(
+            ["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert completed.returncode == 0, f"{line}\n{completed.stderr[-2000:]}"
+    assert len((tmp_path / "captions.jsonl").read_text().splitlines()) == 4
+    assert len((tmp_path / "captions.csv").read_text().splitlines()) == 1 + 2 * 3  # header + 3 captions per PNG
