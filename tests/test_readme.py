@@ -3,11 +3,14 @@ Makefile use."""
 
 import os
 import re
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 from conftest import scene_images, tiny_model
 
+import push_to_hub
 from modeling_captioner import CaptionerProcessor, build_image_processor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,3 +68,23 @@ def test_readme_caption_commands_run(tmp_path, tokenizer):
         assert completed.returncode == 0, f"{line}\n{completed.stderr[-2000:]}"
     assert len((tmp_path / "captions.jsonl").read_text().splitlines()) == 4
     assert len((tmp_path / "captions.csv").read_text().splitlines()) == 1 + 2 * 3  # header + 3 captions per PNG
+
+
+def test_readme_push_to_hub_commands(tmp_path, tokenizer):
+    """The dry-run line runs as written (on a saved tiny model where train.py's default run puts its model); the
+    upload line parses."""
+    model = tiny_model("resnet", "transformer", tokenizer)
+    folder = tmp_path / "outputs" / "synthetic-small"
+    model.save_pretrained(folder)
+    CaptionerProcessor(build_image_processor(model.config), tokenizer).save_pretrained(folder)
+    dry_run, upload = bash_block_with("push_to_hub.py")
+    assert "--dry_run" in dry_run and "--dry_run" not in upload
+    command = dry_run.split("#")[0].replace("python push_to_hub.py", f"{sys.executable} {ROOT / 'push_to_hub.py'}")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_TOKEN="")
+    completed = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert (tmp_path / "hub-preview" / "model.safetensors").is_file() and (
+        tmp_path / "hub-preview" / "README.md"
+    ).is_file()
+    args = push_to_hub.parse_args(shlex.split(upload.split("#")[0])[2:])
+    assert args.private and args.repo_id == "your-name/captioner-synthetic-small"
