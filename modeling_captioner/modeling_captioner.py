@@ -617,6 +617,16 @@ class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixi
         if gen is not None and gen.max_length is None and gen.max_new_tokens is None:
             gen.max_length = min(config.max_position_embeddings, 64)
 
+    def _reorder_cache(self, cache: Cache, beam_idx: torch.LongTensor) -> Cache:
+        # Beam search only moves beams within an image (beam_idx = image * num_beams + beam), and every beam of an
+        # image holds the same cross-attention keys/values: reordering them would copy every layer's K/V each step to
+        # change nothing. The self-attention part (and the LSTM state kept there) is reordered as usual.
+        if isinstance(cache, EncoderDecoderCache):
+            cache.self_attention_cache.reorder_cache(beam_idx)
+        else:
+            cache.reorder_cache(beam_idx)
+        return cache
+
     def _prepare_generated_length(self, generation_config, has_default_max_length, *args, **kwargs):
         # Our saved max_length is a default caption length, as transformers' own 20 is: a caller's max_new_tokens
         # replaces it without the "both max_new_tokens and max_length are set" warning on every pipeline call.

@@ -5,6 +5,7 @@ import pytest
 import torch
 from conftest import tiny_model
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutput
 
 from modeling_captioner import CaptionerForConditionalGeneration
@@ -161,6 +162,29 @@ def test_cross_attention_keys_values_projected_once_per_image(pair, tokenizer):
             hook.remove()
     assert ids.shape[1] == 9
     assert len(calls) == len(projections), f"cross-attention K/V projected {len(calls)} times for 8 steps"
+
+
+def test_beam_search_reorders_only_the_self_attention_cache(pair, tokenizer, monkeypatch):
+    """Cross-attention K/V are equal across an image's beams, so beam search leaves them in place (no copy per step);
+    the result equals beam search that reorders the whole cache."""
+    model = tiny_model(*pair, tokenizer)
+    pixel_values = random_inputs(model, batch_size=3)["pixel_values"]
+    reordered = []
+    original = DynamicCache.reorder_cache
+
+    def spy(cache, beam_idx):
+        reordered.append(cache)
+        return original(cache, beam_idx)
+
+    monkeypatch.setattr(DynamicCache, "reorder_cache", spy)
+    kept = model.generate(pixel_values, num_beams=4, max_new_tokens=8, min_new_tokens=8, return_dict_in_generate=True)
+    caches = {id(cache) for cache in reordered}
+    assert len(reordered) == 8 and len(caches) == 1  # once per step
+    assert id(kept.cache.cross_attention_cache) not in caches
+    assert id(kept.cache.self_attention_cache) in caches
+    monkeypatch.setattr(model, "_reorder_cache", lambda cache, beam_idx: cache.reorder_cache(beam_idx) or cache)
+    everything = model.generate(pixel_values, num_beams=4, max_new_tokens=8, min_new_tokens=8)
+    assert torch.equal(kept.sequences, everything)
 
 
 def test_cross_attentions_are_maps_over_image_positions(pair, tokenizer):
