@@ -1,5 +1,7 @@
-"""Train a captioner with Accelerate (CPU, one GPU, many GPUs): data → model → staged unfreezing → AdamW → checkpoints
-(resume-exact) → validation CIDEr-D each epoch → the best model folder, test metrics, predictions and pictures."""
+"""Train a captioner with Accelerate (CPU, one GPU, many GPUs, many nodes): data → model → staged unfreezing → AdamW →
+checkpoints (resume-exact) → validation CIDEr-D each epoch → the best model folder, test metrics, predictions and
+pictures. `accelerate launch --config_file configs/accelerate/<setup>.yaml train.py ...` runs it on several processes;
+the global batch is per_device_train_batch_size × processes × gradient_accumulation_steps."""
 
 import argparse
 import json
@@ -10,9 +12,16 @@ import sys
 import time
 from pathlib import Path
 
+import PIL.Image
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import (
+    DistributedDataParallelKwargs,
+    DistributedType,
+    broadcast_object_list,
+    get_int_from_env,
+    set_seed,
+)
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_scheduler
@@ -22,7 +31,7 @@ from captioning.data import CaptionPairs, add_data_arguments, check_data_argumen
 from captioning.evaluation import generate_captions, write_predictions
 from captioning.feature_cache import FeatureCache, cache_key, cached_vision_features
 from captioning.losses import caption_loss
-from captioning.unfreezing import UnfreezingSchedule, parameter_group, train_mode
+from captioning.unfreezing import GROUPS, UnfreezingSchedule, optimizer_groups, train_mode
 from modeling_captioner import (
     DECODER_TYPES,
     PRESETS,
@@ -71,7 +80,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="Stop training after this much wall-clock time (then validate, keep the best, score the test split): "
         "to compare models at equal time.",
     )
-    optim.add_argument("--per_device_train_batch_size", type=int, default=32)
+    optim.add_argument(
+        "--per_device_train_batch_size",
+        type=int,
+        default=32,
+        help="Images per process and forward pass; the global batch of one optimizer step is this × the number of "
+        "processes × --gradient_accumulation_steps.",
+    )
     optim.add_argument("--per_device_eval_batch_size", type=int, default=64)
     optim.add_argument("--learning_rate", type=float, default=3e-4)
     optim.add_argument("--weight_decay", type=float, default=0.01)
@@ -90,7 +105,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     optim.add_argument("--feature_cache_dir", default=None, help="Default: OUTPUT_DIR/feature_cache.")
     optim.add_argument("--no_feature_cache", action="store_true")
-    optim.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
+    optim.add_argument(
+        "--mixed_precision",
+        default=None,
+        choices=["no", "fp16", "bf16"],
+        help="Default: the accelerate config's (accelerate launch), else no.",
+    )
+    optim.add_argument(
+        "--cpu",
+        action="store_true",
+        help="Train on the CPU even where a GPU is present; with several processes (accelerate launch) they talk "
+        "over gloo. Needed to run several processes on a machine without GPUs.",
+    )
     optim.add_argument("--seed", type=int, default=0)
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", default="outputs/train")
@@ -202,14 +228,29 @@ def step_inputs(model, batch: dict, cache: FeatureCache | None, device) -> dict:
         "decoder_attention_mask": batch["decoder_attention_mask"],
         "use_cache": False,
     }
+    # Inputs follow the weights' dtype: DeepSpeed with fp16/bf16 casts the weights themselves (no autocast); under
+    # autocast the weights stay float32 and this changes nothing.
     if cache is not None and "vision_features" in batch:
-        inputs["vision_features"] = batch["vision_features"]
+        inputs["vision_features"] = batch["vision_features"].to(model.dtype)
     elif cache is not None:
         features = cached_vision_features(model, cache, batch["indices"], batch["pixel_values"])
-        inputs["vision_features"] = features.to(device)
+        inputs["vision_features"] = features.to(device, model.dtype)
     else:
-        inputs["pixel_values"] = batch["pixel_values"]
+        inputs["pixel_values"] = batch["pixel_values"].to(model.dtype)
     return inputs
+
+
+def placeholder_batch(config, image_processor, device) -> dict:
+    """One black image captioned by EOS alone: the stand-in batch of a process whose images all failed to decode,
+    trained on at zero weight (see the training loop)."""
+    image = PIL.Image.new("RGB", (config.image_size, config.image_size))
+    pixel_values = image_processor([image], return_tensors="pt")["pixel_values"]
+    labels = torch.tensor([[config.eos_token_id]])
+    return {
+        "pixel_values": pixel_values.to(device),
+        "labels": labels.to(device),
+        "decoder_attention_mask": torch.ones_like(labels).to(device),
+    }
 
 
 def is_pretrained_id(value: str | None) -> bool:
@@ -254,21 +295,47 @@ def build_model(args, tokenizer) -> tuple[CaptionerForConditionalGeneration, boo
     return CaptionerForConditionalGeneration(config), False, False
 
 
-def optimizer_groups(model, schedule: UnfreezingSchedule, learning_rate: float, weight_decay: float) -> list[dict]:
-    """AdamW groups: no weight decay on biases, norms and embeddings; each unfreezing group at its own LR scale."""
-    groups: dict[tuple[str, bool], list] = {}
-    for name, parameter in model.named_parameters():
-        no_decay = parameter.ndim < 2 or "embed" in name or "wte" in name or "wpe" in name or "norm" in name
-        groups.setdefault((parameter_group(name), no_decay), []).append(parameter)
-    return [
-        {
-            "params": params,
-            "lr": learning_rate * schedule.lr_scales.get(group, 1.0),
-            "weight_decay": 0.0 if no_decay else weight_decay,
-            "name": f"{group}{'-no_decay' if no_decay else ''}",
-        }
-        for (group, no_decay), params in sorted(groups.items())
-    ]
+def prepare_for_strategy(accelerator, model, schedule: UnfreezingSchedule) -> None:
+    """What DDP, FSDP and DeepSpeed each need before `accelerator.prepare`; a setup that cannot work stops here, with
+    the reason."""
+    freezes = any(set(stage.groups) != set(GROUPS) for stage in schedule.stages)
+    if accelerator.distributed_type == DistributedType.FSDP:
+        plugin = accelerator.state.fsdp_plugin
+        if plugin.fsdp_version != 2:
+            raise SystemExit(
+                f"train.py needs FSDP version 2 (fsdp_version: 2 in the accelerate config, as in "
+                f"configs/accelerate/fsdp.yaml), got version {plugin.fsdp_version}: version 1 wraps the model so that "
+                "generate() cannot run on it for validation, and flattens the parameters the unfreezing schedule "
+                "freezes by name."
+            )
+        # Accelerate refuses a layer class the model lacks; one config file names the layers of every decoder
+        # (CaptionerEncoderLayer, CaptionerDecoderLayer, GPT2Block), so keep those this model has.
+        present = {type(module).__name__ for module in model.modules()}
+        wanted = plugin.transformer_cls_names_to_wrap or list(getattr(model, "_no_split_modules", None) or [])
+        plugin.transformer_cls_names_to_wrap = [name for name in wanted if name in present]
+    elif accelerator.distributed_type == DistributedType.DEEPSPEED:
+        if len(schedule.stages) > 1:
+            raise SystemExit(
+                f"DeepSpeed fixes which parameters train when it starts, but the unfreezing schedule has "
+                f"{len(schedule.stages)} stages: give --unfreeze_schedule one stage (e.g. "
+                "'encoder,bridge,cross_attention,decoder@0'), or use DDP or FSDP for a staged schedule."
+            )
+        schedule.apply(model, 0)
+    elif accelerator.num_processes > 1 and freezes:
+        # DDP waits for a gradient of every parameter it was built with; a group frozen by the schedule sends none,
+        # and find_unused_parameters tells DDP to stop waiting for it (and to leave its gradient None, so AdamW leaves
+        # the frozen weights alone).
+        accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
+
+
+def save_model(accelerator, model, processor, output_dir: Path) -> None:
+    """The model and its processor as a 🤗 folder. Call it on every process: under FSDP or DeepSpeed ZeRO-3 each
+    process holds a shard of the weights and takes part in gathering them; only the main process writes."""
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.save_pretrained(output_dir, state_dict=state_dict, safe_serialization=True)
+        processor.save_pretrained(output_dir)
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
@@ -277,13 +344,16 @@ def list_checkpoints(directory: Path) -> list[Path]:
 
 
 def save_checkpoint(accelerator, directory: Path, state: dict, limit: int, caches: list[FeatureCache]) -> None:
-    """Save to a temporary folder, then rename: a run killed mid-save leaves the previous checkpoint intact."""
+    """Save to a temporary folder, then rename: a run killed mid-save leaves the previous checkpoint intact. Every
+    process saves (its random states; its shard under FSDP or DeepSpeed); the main process renames once all have
+    written, so `directory` must be on a filesystem that every node sees."""
     final = directory / f"step_{state['completed_steps']}"
     temporary = directory / f".tmp_step_{state['completed_steps']}"
     for cache in caches:
         cache.flush()
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temporary))
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (temporary / "training_state.json").write_text(json.dumps(state, indent=1))
         if final.exists():
@@ -298,6 +368,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(
+        cpu=args.cpu,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=args.report_to if args.with_tracking else None,
@@ -306,6 +377,21 @@ def main(argv=None) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if not accelerator.is_main_process:
         logger.setLevel(logging.WARNING)
+    launched = get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1)
+    if launched > 1 and accelerator.num_processes == 1:
+        raise SystemExit(
+            f"{launched} processes were launched but Accelerate joined none of them into one run (it found no GPU and "
+            "--cpu was not given), so each would train alone and overwrite the others' files. On a machine without "
+            "GPUs pass --cpu to train.py (see configs/accelerate/cpu-2proc.yaml)."
+        )
+    # What the run actually uses: `accelerate launch` can set both (its config file, ACCELERATE_* variables).
+    for name, value in (
+        ("gradient_accumulation_steps", accelerator.gradient_accumulation_steps),
+        ("mixed_precision", accelerator.mixed_precision),
+    ):
+        if getattr(args, name) not in (None, value):
+            logger.warning(f"--{name} {getattr(args, name)} is overridden by the accelerate launch setting {value}")
+        setattr(args, name, value)
     set_seed(args.seed)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -341,15 +427,26 @@ def main(argv=None) -> dict:
     if args.dry_run:
         print(stages)
         return {"schedule": stages}
+    if accelerator.is_main_process:
+        # The resolved arguments; `--config OUTPUT_DIR/training_args.json` repeats the run, and the model card reads it.
+        (output_dir / "training_args.json").write_text(json.dumps(vars(args), indent=2))
 
     train_items = CaptionPairs(train_split) if args.all_pairs else train_split
     cache = None
     # The cache holds one row per image, so it serves one-item-per-image training (not --all_pairs).
     frozen_stage = any("encoder" not in stage.groups for stage in schedule.stages)
     if frozen_stage and not args.no_feature_cache and not args.all_pairs:
-        key = cache_key(model.encoder.backbone, processor.image_processor, train_split.fingerprint())
-        cache = FeatureCache(args.feature_cache_dir or output_dir / "feature_cache", key, len(train_split))
-        train_items = CachedFeatures(train_split, cache)
+        if accelerator.num_processes > 1:
+            logger.info(
+                f"feature cache: off with {accelerator.num_processes} processes (they would all write one cache file); "
+                "the frozen backbone runs on every batch"
+            )
+        else:
+            key = cache_key(model.encoder.backbone, processor.image_processor, train_split.fingerprint())
+            cache = FeatureCache(args.feature_cache_dir or output_dir / "feature_cache", key, len(train_split))
+            train_items = CachedFeatures(train_split, cache)
+    # One shuffle for all processes: Accelerate deals batch i of it to process i mod N, so the N batches of one step
+    # hold the same images as the one batch of a single process with N times the batch size.
     sampler = EpochSampler(len(train_items), args.seed)
     collator = CaptionCollator(processor, max_length=model.config.max_position_embeddings, seed=args.seed)
     train_loader = DataLoader(
@@ -361,22 +458,41 @@ def main(argv=None) -> dict:
     )
 
     optimizer = torch.optim.AdamW(optimizer_groups(model, schedule, args.learning_rate, args.weight_decay))
-    updates_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    # Each process gets every N-th batch; an epoch whose batches do not divide evenly is topped up with batches
+    # from its start (Accelerate's even_batches), so all processes take the same number of steps.
+    batches_per_process = math.ceil(len(train_loader) / accelerator.num_processes)
+    updates_per_epoch = math.ceil(batches_per_process / args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
     num_epochs = math.ceil(max_train_steps / updates_per_epoch)
     lr_scheduler = get_scheduler(
         args.lr_scheduler_type,
         optimizer=optimizer,
+        # Accelerate steps the scheduler once per process at every optimizer step.
         num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
         num_training_steps=max_train_steps * accelerator.num_processes,
     )
+    global_batch = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    logger.info(
+        f"global batch: {global_batch} images per optimizer step = {args.per_device_train_batch_size} per process × "
+        f"{accelerator.num_processes} process(es) × {args.gradient_accumulation_steps} accumulation step(s); "
+        f"{updates_per_epoch} steps per epoch, {max_train_steps} in all"
+    )
+    prepare_for_strategy(accelerator, model, schedule)
     model, optimizer, train_loader, lr_scheduler = accelerator.prepare(model, optimizer, train_loader, lr_scheduler)
     if args.with_tracking:
         accelerator.init_trackers(
             "captioner", {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
         )
 
-    state = {"completed_steps": 0, "epoch": 0, "batches_in_epoch": 0, "best_cider": None, "history": [], "dropped": 0}
+    state = {
+        "completed_steps": 0,
+        "epoch": 0,
+        "batches_in_epoch": 0,
+        "best_cider": None,
+        "history": [],
+        "dropped": 0,
+        "num_processes": accelerator.num_processes,
+    }
     if args.resume_from_checkpoint:
         path = Path(args.resume_from_checkpoint)
         if args.resume_from_checkpoint == "latest":
@@ -387,8 +503,16 @@ def main(argv=None) -> dict:
         elif not (path / "training_state.json").is_file():
             raise SystemExit(f"--resume_from_checkpoint {path}: not a checkpoint folder of this script.")
         else:
+            saved = json.loads((path / "training_state.json").read_text())
+            saved_processes = saved.get("num_processes", 1)
+            if saved["batches_in_epoch"] and saved_processes != accelerator.num_processes:
+                raise SystemExit(
+                    f"--resume_from_checkpoint {path}: saved mid-epoch by {saved_processes} process(es), resumed with "
+                    f"{accelerator.num_processes}; the batches already seen depend on the number of processes, so "
+                    "resume with the same number, or from a checkpoint saved at the end of an epoch."
+                )
             accelerator.load_state(str(path))
-            state = json.loads((path / "training_state.json").read_text())
+            state = {**saved, "num_processes": accelerator.num_processes}
             logger.info(f"resumed from {path}: epoch {state['epoch']}, step {state['completed_steps']}")
 
     unwrapped = accelerator.unwrap_model(model)
@@ -398,9 +522,14 @@ def main(argv=None) -> dict:
     )
     started = time.perf_counter()
     running = {"loss": 0.0, "count": 0}
+    placeholder = None
 
     def out_of_time() -> bool:
-        return args.max_train_minutes is not None and time.perf_counter() - started >= 60 * args.max_train_minutes
+        if args.max_train_minutes is None:
+            return False
+        late = time.perf_counter() - started >= 60 * args.max_train_minutes
+        # One process going on alone would wait for the others at its next all-reduce forever: all stop together.
+        return accelerator.reduce(torch.tensor(int(late), device=accelerator.device), "sum").item() > 0
 
     for epoch in range(state["epoch"], num_epochs):
         groups = schedule.apply(unwrapped, epoch)
@@ -408,18 +537,36 @@ def main(argv=None) -> dict:
         frozen_encoder = "encoder" not in groups
         if isinstance(train_items, CachedFeatures):
             train_items.enabled = frozen_encoder
-        sampler.set_epoch(epoch)
+        # Through the prepared loader, not the sampler: the loader sets its sampler's epoch to its own count of
+        # passes when iterated, which a resumed run restarts from 0.
+        train_loader.set_epoch(epoch)
         collator.set_epoch(epoch)
         loader = train_loader
         if state["batches_in_epoch"]:
             loader = accelerator.skip_first_batches(train_loader, state["batches_in_epoch"])
         for batch in loader:
             state["batches_in_epoch"] += 1
-            state["dropped"] += batch.pop("num_dropped", 0)
-            if "labels" not in batch:  # every image of this batch failed to decode: counted above, nothing to learn
+            num_tokens = int((batch["labels"] != -100).sum()) if "labels" in batch else 0
+            counts = torch.tensor([num_tokens, batch.pop("num_dropped", 0)], device=accelerator.device)
+            step_tokens, dropped = accelerator.reduce(counts, "sum").tolist()
+            state["dropped"] += dropped
+            if step_tokens == 0:  # every image of this step failed to decode, on every process: nothing to learn
                 continue
+            standing_in = "labels" not in batch
+            if standing_in:
+                # This process's images all failed to decode, another's did not: it still runs a forward and a
+                # backward, at zero weight, so that the gradient all-reduce and the accumulation count stay in step.
+                if placeholder is None:
+                    placeholder = placeholder_batch(unwrapped.config, processor.image_processor, accelerator.device)
+                batch = placeholder
+                unwrapped.eval()  # no BatchNorm statistics from a black image
             labels = batch["labels"]
-            inputs = step_inputs(unwrapped, batch, cache if frozen_encoder else None, accelerator.device)
+            use_cache = cache if frozen_encoder and not standing_in else None
+            inputs = step_inputs(unwrapped, batch, use_cache, accelerator.device)
+            # Processes average their gradients; weighting each one's token-mean loss by its share of the step's
+            # tokens makes that average the token mean over the global batch, as a single process computes it (the
+            # optional EOS and attention penalties, weighted alike, come close to their single-process values).
+            share = num_tokens / step_tokens
             with accelerator.accumulate(model):
                 outputs = model(**inputs)
                 loss, parts = caption_loss(
@@ -432,23 +579,26 @@ def main(argv=None) -> dict:
                 )
                 if outputs.attention_penalty is not None:  # Show, Attend and Tell's attention regularisation
                     loss = loss + outputs.attention_penalty
-                accelerator.backward(loss)
+                accelerator.backward(loss * (share * accelerator.num_processes))
                 if accelerator.sync_gradients and args.max_grad_norm:
                     accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], args.max_grad_norm)
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad()
-            running["loss"] += loss.item()
+            if standing_in:
+                train_mode(unwrapped, groups)
+            running["loss"] += loss.item() * share
             running["count"] += 1
             if not accelerator.sync_gradients:
                 continue
             state["completed_steps"] += 1
             progress.update(1)
             if state["completed_steps"] % args.logging_steps == 0:
+                step_loss = accelerator.reduce(torch.tensor(running["loss"], device=accelerator.device), "sum")
                 record = {
                     "step": state["completed_steps"],
                     "epoch": epoch,
-                    "loss": running["loss"] / running["count"],
+                    "loss": step_loss.item() / running["count"],
                     "lr": lr_scheduler.get_last_lr()[0],
                     "stage": schedule.stage_index(epoch) + 1,
                 }
@@ -480,25 +630,26 @@ def main(argv=None) -> dict:
             batch_size=args.per_device_eval_batch_size,
             num_workers=args.num_workers,
         )
-        metrics = {}
+        metrics = None
         if accelerator.is_main_process:
             from captioning.metrics import compute_caption_metrics
 
             metrics = compute_caption_metrics(
                 predictions, references, expected_num_images=len(validation), meteor=not args.no_meteor
             )
-            cider = metrics["CIDEr-D"]
-            state["history"].append({"step": state["completed_steps"], "epoch": epoch, **metrics})
-            logger.info(
-                f"epoch {epoch}: validation "
-                + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-            )
-            if state["best_cider"] is None or cider > state["best_cider"]:
-                state["best_cider"] = cider
-                unwrapped.save_pretrained(output_dir, safe_serialization=True)
-                processor.save_pretrained(output_dir)
-                logger.info(f"new best validation CIDEr-D {cider:.4f}: saved {output_dir}")
-        if args.with_tracking and metrics:
+        # Scored once, on the main process; every process keeps the same state and joins in saving a new best.
+        metrics = broadcast_object_list([metrics])[0]
+        cider = metrics["CIDEr-D"]
+        state["history"].append({"step": state["completed_steps"], "epoch": epoch, **metrics})
+        logger.info(
+            f"epoch {epoch}: validation "
+            + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        )
+        if state["best_cider"] is None or cider > state["best_cider"]:
+            state["best_cider"] = cider
+            save_model(accelerator, model, processor, output_dir)
+            logger.info(f"new best validation CIDEr-D {cider:.4f}: saved {output_dir}")
+        if args.with_tracking:
             accelerator.log(
                 {f"validation/{k}": v for k, v in metrics.items() if isinstance(v, float)},
                 step=state["completed_steps"],
@@ -509,6 +660,12 @@ def main(argv=None) -> dict:
             break
     progress.close()
     train_seconds = time.perf_counter() - started
+    # Let go of the DDP wrapper, which holds the process group: end_training() then destroys the group from Python,
+    # which releases the GIL while Gloo's worker threads finish. Left to the interpreter's exit, the wrapper's
+    # teardown joins those threads holding the GIL, and one still freeing a gathered tensor waits for it forever
+    # (pytorch/pytorch#190489; seen as a 1-in-10 hang at exit with two CPU processes).
+    del model, optimizer, lr_scheduler
+    accelerator.free_memory()
 
     return finish(args, accelerator, output_dir, splits, state, train_seconds)
 
@@ -548,6 +705,10 @@ def finish(args, accelerator, output_dir: Path, splits, state: dict, train_secon
             "human_agreement": agreement,
             "best_validation_cider": state["best_cider"],
             "optimizer_steps": state["completed_steps"],
+            "num_processes": accelerator.num_processes,
+            "global_train_batch_size": (
+                args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+            ),
             "train_seconds": round(train_seconds, 1),
             "skipped": {name: split.skipped.as_dict() for name, split in splits.items()},
             "images_dropped_while_training": state["dropped"],
@@ -574,6 +735,7 @@ def finish(args, accelerator, output_dir: Path, splits, state: dict, train_secon
             f"BLEU-4 {test_metrics['BLEU-4']:.4f}; model: {output_dir}; metrics: {output_dir / 'metrics.json'}; "
             f"pictures: {output_dir / 'samples.png'}, {output_dir / 'training_curves.png'}"
         )
+    accelerator.wait_for_everyone()  # all processes end together, once the main one has written everything
     accelerator.end_training()
     return report
 

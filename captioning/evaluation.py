@@ -3,11 +3,13 @@
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
+import PIL.Image
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 from tqdm.auto import tqdm
 
 from captioning.data import add_data_arguments, check_data_arguments, load_splits_from_args
@@ -24,6 +26,8 @@ class EvalCollator:
         batch = {
             "image_ids": [item["image_id"] for item in kept],
             "references": [list(item["captions"]) for item in kept],
+            # Where each image sits in its dataset, to put captions gathered from several processes back in order.
+            "positions": [item.get("index", 0) for item in kept],
             "num_dropped": len(items) - len(kept),
         }
         if kept:
@@ -46,41 +50,62 @@ def generate_captions(
     Caption every image of `dataset` with `model.generate(**generation_kwargs)`.
 
     Returns `(predictions, references, num_dropped)`: image id → caption, image id → its references, and how many
-    images could not be decoded. With several processes, each captions its shard and the results are gathered
-    without duplicates (gather_for_metrics drops the padding of the last batch).
+    images could not be decoded. With several processes (`accelerator`), each captions its share and every process
+    gets all the results, each image exactly once.
     """
     unwrapped = model
+    num_processes = 1
     if accelerator is not None:
         unwrapped = accelerator.unwrap_model(model)
-        if accelerator.num_processes > 1:
-            # A disjoint shard per process (not accelerator.prepare, which would register one more dataloader in
-            # every checkpoint): each image is captioned exactly once.
-            shard = range(accelerator.process_index, len(dataset), accelerator.num_processes)
-            dataset = torch.utils.data.Subset(dataset, list(shard))
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=EvalCollator(processor), num_workers=num_workers)
+        num_processes = accelerator.num_processes
+    collator = EvalCollator(processor)
+    if num_processes > 1:
+        # Accelerate's sharding without accelerator.prepare, which would add this loader to every checkpoint. All
+        # processes run the same number of batches (the last ones topped up with images from the start), as
+        # generate() needs where each of its steps gathers sharded weights (FSDP, DeepSpeed ZeRO-3).
+        from accelerate.data_loader import BatchSamplerShard
+
+        batch_size = max(1, min(batch_size, math.ceil(len(dataset) / num_processes)))
+        batches = BatchSampler(SequentialSampler(dataset), batch_size, drop_last=False)
+        shard = BatchSamplerShard(batches, num_processes, accelerator.process_index, even_batches=True)
+        loader = DataLoader(dataset, batch_sampler=shard, collate_fn=collator, num_workers=num_workers)
+    else:
+        loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collator, num_workers=num_workers)
     was_training = unwrapped.training
     unwrapped.eval()
     device = next(unwrapped.parameters()).device
-    predictions, references, dropped = {}, {}, 0
+    predictions, references, positions = {}, {}, {}
     main = accelerator is None or accelerator.is_main_process
     for batch in tqdm(loader, desc="generating captions", disable=not (show_progress and main), leave=False):
-        dropped += batch["num_dropped"]
-        if "pixel_values" not in batch:
+        pixel_values = batch.get("pixel_values")
+        if pixel_values is None and num_processes == 1:
             continue
-        ids = unwrapped.generate(batch["pixel_values"].to(device), **generation_kwargs)
-        captions = processor.batch_decode(ids, skip_special_tokens=True)
-        for image_id, caption, refs in zip(batch["image_ids"], captions, batch["references"], strict=True):
-            predictions[image_id] = caption
-            references[image_id] = refs
+        if pixel_values is None:
+            # Every image of this process's batch failed to decode: it still runs generate() in step with the
+            # others, on a black image whose caption is dropped.
+            pixel_values = processor(images=[PIL.Image.new("RGB", (32, 32))])["pixel_values"]
+        ids = unwrapped.generate(pixel_values.to(device, unwrapped.dtype), **generation_kwargs)
+        # [:0] for a black stand-in image.
+        captions = processor.batch_decode(ids, skip_special_tokens=True)[: len(batch["image_ids"])]
+        for image_id, caption, refs, position in zip(
+            batch["image_ids"], captions, batch["references"], batch["positions"], strict=True
+        ):
+            predictions[image_id], references[image_id], positions[image_id] = caption, refs, position
     unwrapped.train(was_training)
-    if accelerator is not None and accelerator.num_processes > 1:
+    if num_processes > 1:
         from accelerate.utils import gather_object
 
-        shards = gather_object([(predictions, references, dropped)])
-        predictions = {k: v for shard in shards for k, v in shard[0].items()}
-        references = {k: v for shard in shards for k, v in shard[1].items()}
-        dropped = sum(shard[2] for shard in shards)
-    return predictions, references, dropped
+        # Merged by image id rather than trimmed by position (gather_for_metrics): the top-up images come back
+        # twice with the same caption and collapse, however many undecodable images shifted a batch.
+        for shard in gather_object([(predictions, references, positions)]):
+            for merged, part in zip((predictions, references, positions), shard, strict=True):
+                merged.update(part)
+        # In dataset order, as one process writes them.
+        order = sorted(predictions, key=lambda image_id: positions[image_id])
+        predictions = {image_id: predictions[image_id] for image_id in order}
+        references = {image_id: references[image_id] for image_id in order}
+    # Each image was seen at least once (ids are unique within a split), so whatever is missing failed to decode.
+    return predictions, references, len(dataset) - len(predictions)
 
 
 def score_captions(predictions: dict[str, str], references: dict[str, list[str]], expected_num_images: int) -> dict:
