@@ -299,6 +299,9 @@ def test_sigkill_and_resume_ends_like_an_uninterrupted_run(tmp_path):
         assert resumed_metrics[key] == straight_metrics[key], key
     a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # The final weights, not only the best ones: a resumed run must also replay later epochs in their own order.
+    last_a, last_b = (load_file(run / "checkpoints" / "step_12" / "model.safetensors") for run in (straight, resumed))
+    assert last_a.keys() == last_b.keys() and all(torch.equal(last_a[k], last_b[k]) for k in last_a)
     # The resumed run went on in the right stage: its last checkpoint trained the encoder (stage 2, epoch 1).
     last = json.loads((resumed / "checkpoints" / "step_12" / "training_state.json").read_text())
     assert last["epoch"] == 2 and any(h.get("stage") == 2 for h in last["history"])
