@@ -49,3 +49,13 @@ def tiny_model(encoder: str, decoder: str, tokenizer, seed: int = 0, **overrides
 def scene_images(count: int, image_size: int = 64):
     scenes = all_scenes()[::3][:count]
     return [render_scene(scene, image_size) for scene in scenes], [scene.caption for scene in scenes]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and lose 100× when another job shares the two cores (use with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from conftest import scene_images, tiny_model
 from PIL import Image
 
@@ -27,13 +26,7 @@ PREFIX = {"resnet": 0, "vit": 1}  # the tiny ViT: CLS + a 4×4 grid of 8-pixel p
 GENERATION = {"num_beams": 3, "max_new_tokens": 6, "min_new_tokens": 4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose 100× when another job shares the two cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def captioner(encoder: str, decoder: str, tokenizer, **overrides):

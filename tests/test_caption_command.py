@@ -31,13 +31,7 @@ GENERATION = {"num_beams": 2, "max_new_tokens": 6, "min_new_tokens": 3}
 FLAGS = ["--num_beams", "2", "--max_new_tokens", "6", "--min_new_tokens", "3"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose 100× when another job shares the two cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from conftest import tiny_model
 from huggingface_hub import ModelCard
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from test_train import TINY
 
 import push_to_hub
 import train
@@ -34,28 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REPO_ID = "tiny-org/tiny-captioner"
 # Recognisable, so that any appearance in an output or a log is caught.
 FAKE_TOKEN = "hf_FAKEtokenPushToHub0123456789abcdef"
-TINY_RUN = [
-    "--dataset_format",
-    "synthetic",
-    "--synthetic_sizes",
-    "48,16,16",
-    "--preset",
-    "tiny",
-    "--num_train_epochs",
-    "1",
-    "--per_device_train_batch_size",
-    "16",
-    "--per_device_eval_batch_size",
-    "32",
-    "--num_beams",
-    "2",
-    "--max_new_tokens",
-    "8",
-    "--vocab_size",
-    "300",
-    "--no_meteor",
-    "--no-with_tracking",
-]
+TINY_RUN = ["--dataset_format", "synthetic", "--synthetic_sizes", "48,16,16", "--num_train_epochs", "1", *TINY]
 RUN_FILES = {
     "README.md",
     "model.safetensors",
