@@ -1,0 +1,164 @@
+"""Parts 3 and 4 of bench_vs_ved.py, the ones that train through train.py's data pipeline: test quality after equal
+wall-clock training from scratch, and a frozen-encoder epoch with captioner's feature cache against
+VisionEncoderDecoderModel computing its frozen encoder every step."""
+
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+from torch.utils.data import DataLoader
+
+from bench.ved_matched import (
+    CAPTIONER,
+    FROZEN_TARGET,
+    MODELS,
+    QUALITY_TARGET,
+    TRANSFORMER,
+    VED,
+    Bench,
+    TrainingRun,
+    build_model,
+    extra,
+    interleaved,
+    make_row,
+    seconds,
+)
+from captioning.evaluation import generate_captions
+from captioning.feature_cache import FeatureCache, cache_key
+from captioning.metrics import compute_caption_metrics
+from captioning.unfreezing import UnfreezingSchedule, train_mode
+from train import CachedFeatures, EpochSampler
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. Quality at equal wall-clock
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class TimedTraining:
+    """Trains one model from scratch on the train split in slices of wall-clock time (data loading included), in the
+    same batch order and with the same captions as every other model: train.py's sampler and collator, seed 0."""
+
+    def __init__(self, model, bench: Bench, batch_size: int):
+        self.model = model.train()
+        # train.py's main-job schedule (configs/synthetic-small.yaml): lr 1e-3, inverse-sqrt after 200 warm-up steps.
+        self.run = TrainingRun(model, bench, learning_rate=1e-3, warmup_steps=200)
+        train = bench.splits["train"]
+        self.sampler, self.collator = EpochSampler(len(train), 0), bench.collator()
+        self.loader = DataLoader(train, batch_size=batch_size, sampler=self.sampler, collate_fn=self.collator)
+        self.device = bench.device
+        self.epoch, self.batches = 0, iter(self.loader)
+        self.seconds, self.steps = 0.0, 0
+
+    def next_batch(self) -> dict:
+        for batch in self.batches:
+            return batch
+        self.epoch += 1
+        self.sampler.set_epoch(self.epoch)
+        self.collator.set_epoch(self.epoch)
+        self.batches = iter(self.loader)
+        return next(self.batches)
+
+    def train_for(self, budget: float) -> None:
+        def work():
+            start = time.perf_counter()
+            while time.perf_counter() - start < budget:
+                self.run.step(self.next_batch())
+                self.steps += 1
+
+        self.seconds += seconds(work, self.device)
+
+
+def quality_rows(bench: Bench, minutes: float, batch_size: int, runs: int, beams: int, max_new_tokens: int):
+    budget = minutes * 60
+    # Slices alternate between the models, so a busy spell on the machine costs all of them alike.
+    slice_seconds = min(5.0, max(budget / 8, 0.5))
+    test = bench.splits["test"]
+    scores: dict[str, list[dict]] = {name: [] for name in MODELS}
+    for seed in range(runs):
+        trainings = {name: TimedTraining(build_model(name, bench, seed), bench, batch_size) for name in MODELS}
+        while any(t.seconds < budget for t in trainings.values()):
+            for training in trainings.values():
+                if training.seconds < budget:
+                    training.train_for(min(slice_seconds, budget - training.seconds))
+        for name, training in trainings.items():
+            predictions, references, _ = generate_captions(
+                training.model,
+                bench.processor,
+                test,
+                show_progress=False,
+                num_beams=beams,
+                max_new_tokens=max_new_tokens,
+            )
+            metrics = compute_caption_metrics(predictions, references, meteor=False, expected_num_images=len(test))
+            scores[name].append(
+                {**metrics, "steps": training.steps, "seconds": training.seconds, "epoch": training.epoch}
+            )
+            example = next(iter(predictions.items()))
+            print(f"  [{name}] {training.steps} steps in {training.seconds:.0f}s, e.g. {example[0]}: {example[1]!r}")
+    rows = []
+    for key, target in (("CIDEr-D", QUALITY_TARGET), ("BLEU-4", None), ("steps", None)):
+        name = f"test {key} after {minutes:g} min" if key != "steps" else f"optimizer steps in {minutes:g} min"
+        values = {model: [score[key] for score in scores[model]] for model in MODELS}
+        rows.append(make_row("quality", name, values[CAPTIONER], values[VED], target))
+        rows.append(extra("quality", name, values[TRANSFORMER], values[VED]))
+    return rows, scores
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. Frozen encoder: captioner's feature cache against VED computing the frozen encoder every step
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def frozen_captioner(name: str, bench: Bench, split, workdir: Path | None) -> tuple[TrainingRun, object]:
+    """train.py's frozen-encoder stage: bridge, cross-attention and decoder train; with a `workdir`, the backbone's
+    features come from a FeatureCache (filled during the first epoch)."""
+    model = build_model(name, bench)
+    schedule = UnfreezingSchedule.parse("bridge,cross_attention,decoder@0")
+    train_mode(model, schedule.apply(model, 0))
+    if workdir is None:
+        return TrainingRun(model, bench), split
+    key = cache_key(model.encoder.backbone, bench.processor.image_processor, split.fingerprint())
+    cache = FeatureCache(workdir, key, len(split))
+    return TrainingRun(model, bench, cache=cache), CachedFeatures(split, cache)
+
+
+def frozen_rows(bench: Bench, repeats: int, images: int, batch_size: int) -> tuple[list[dict], dict]:
+    split = bench.splits["train"].subset(range(images))
+    ved = build_model(VED, bench).train()
+    ved.encoder.requires_grad_(False)
+    ved.encoder.eval()
+    with tempfile.TemporaryDirectory() as workdir:
+        variants = {
+            "captioner+cache": frozen_captioner(CAPTIONER, bench, split, Path(workdir) / CAPTIONER),
+            "transformer+cache": frozen_captioner(TRANSFORMER, bench, split, Path(workdir) / TRANSFORMER),
+            "captioner, no cache": frozen_captioner(CAPTIONER, bench, split, None),
+            "ved": (TrainingRun(ved, bench), split),
+        }
+        loaders = {
+            name: (
+                run,
+                DataLoader(items, batch_size, sampler=EpochSampler(len(items), 0), collate_fn=bench.collator()),
+            )
+            for name, (run, items) in variants.items()
+        }
+
+        def epoch_rate(name: str) -> float:
+            run, loader = loaders[name]
+            return len(split) / seconds(lambda: [run.step(batch) for batch in loader], bench.device)
+
+        # The first epoch fills the caches (and trains, as in train.py) and warms up the others.
+        first = {name: epoch_rate(name) for name in loaders}
+        for run, _ in loaders.values():
+            if run.cache is not None:
+                run.cache.flush()
+                assert run.cache.complete, "the first frozen epoch must fill the feature cache"
+        rates = interleaved({name: partial(epoch_rate, name) for name in loaders}, repeats)
+    name = "frozen-encoder epoch img/s"
+    rows = [
+        make_row("frozen", f"{name}, feature cache", rates["captioner+cache"], rates["ved"], FROZEN_TARGET),
+        extra("frozen", f"{name}, feature cache", rates["transformer+cache"], rates["ved"]),
+        make_row("frozen", f"{name}, no cache", rates["captioner, no cache"], rates["ved"]),
+    ]
+    fill = {"fill_epoch_images_per_second": first["captioner+cache"], "images": len(split)}
+    return rows, fill

@@ -1,0 +1,61 @@
+"""Smoke test of bench/bench_vs_ved.py (with ved_matched.py and ved_training.py): every part runs at toy sizes in
+seconds, so the benchmark cannot rot. It checks shapes of the results, never speed."""
+
+import pytest
+import torch
+
+from bench.bench_vs_ved import (
+    PARTS,
+    format_table,
+    generation_rows,
+    parse_args,
+    rss_growth_mib,
+    tensor_peak_mib,
+    training_rows,
+)
+from bench.ved_matched import CAPTIONER, MODELS, TRANSFORMER, VED, build_bench, build_model, parameter_counts
+from bench.ved_training import frozen_rows, quality_rows
+
+
+@pytest.fixture(scope="module")
+def bench():
+    # Toy models gain nothing from a second thread, and one thread keeps the test quick on a busy CI machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield build_bench("tiny", (16, 1, 4), "cpu")
+    torch.set_num_threads(threads)
+
+
+def test_models_are_matched(bench):
+    counts = {name: parameter_counts(build_model(name, bench)) for name in MODELS}
+    assert counts[CAPTIONER]["vision"] == counts[VED]["vision"]
+    assert counts[CAPTIONER]["decoder"] == counts[VED]["decoder"]
+    assert counts[VED]["bridge"] == 0 and counts[CAPTIONER]["bridge"] > 0
+    assert abs(counts[TRANSFORMER]["decoder"] / counts[VED]["decoder"] - 1) < 0.02
+
+
+def test_every_part_gives_rows(bench):
+    rows = training_rows(bench, [4], repeats=2, steps=1)
+    rows += generation_rows(bench, repeats=1, batch_size=2, max_new_tokens=2, latency_images=1)
+    quality, scores = quality_rows(bench, minutes=0.003, batch_size=4, runs=1, beams=1, max_new_tokens=3)
+    rows += quality
+    frozen, fill = frozen_rows(bench, repeats=1, images=8, batch_size=4)
+    rows += frozen
+    assert {row["part"] for row in rows} == set(PARTS) - {"memory"}
+    assert all(row["ratio"] > 0 for row in rows if row["part"] != "quality")
+    assert all(len(row["ratios"]) == 2 for row in rows if row["part"] == "training")
+    assert {score[0]["steps"] > 0 for score in scores.values()} == {True}
+    assert fill["images"] == 8
+    assert "ratio (median, range)" in format_table(rows)
+
+
+def test_training_memory(bench):
+    parameters_mib = sum(p.numel() * p.element_size() for p in build_model(VED, bench).parameters()) / 2**20
+    # Parameters, their gradients and AdamW's two moments are all live at the peak.
+    assert tensor_peak_mib(bench, VED, batch_size=4) > 3 * parameters_mib
+    assert rss_growth_mib(bench, VED, batch_size=4) >= 0
+
+
+def test_quick_settings():
+    args = parse_args(["--quick", "--device", "cpu"])
+    assert args.preset == "tiny" and args.argv == ["--quick", "--device", "cpu"]
