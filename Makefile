@@ -19,8 +19,11 @@ train: install
 demo: install
 	$(PYTHON) -m captioning.demo --output_dir outputs/demo
 
+# Benchmarks (minutes; results and commands in BENCHMARKS.md): training throughput and the feature cache, then
+# captioner against transformers' VisionEncoderDecoderModel at matched sizes.
 bench: install
 	$(PYTHON) bench/bench_train.py
+	$(PYTHON) bench/bench_vs_ved.py --output outputs/bench_vs_ved.json
 
 lint:
 	$(PYTHON) -m ruff check .
