@@ -26,12 +26,15 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_scheduler
 
+from captioning.augmentation import FLIP_MODES, SCHEDULE_KINDS, AugmentationSchedule, ImageAugmentation
 from captioning.collator import CaptionCollator
 from captioning.data import CaptionPairs, add_data_arguments, check_data_arguments, load_splits_from_args
 from captioning.evaluation import generate_captions, write_predictions
 from captioning.feature_cache import FeatureCache, cache_key, cached_vision_features
 from captioning.losses import caption_loss
+from captioning.streaming import StreamCollator, StreamLoader, StreamProgress, format_report, sum_reports
 from captioning.unfreezing import GROUPS, UnfreezingSchedule, optimizer_groups, train_mode
+from captioning.web_data import STREAM_FORMATS
 from modeling_captioner import (
     DECODER_TYPES,
     PRESETS,
@@ -118,6 +121,25 @@ def parse_args(argv=None) -> argparse.Namespace:
         "over gloo. Needed to run several processes on a machine without GPUs.",
     )
     optim.add_argument("--seed", type=int, default=0)
+    augment = parser.add_argument_group("augmentation (training images only)")
+    augment.add_argument(
+        "--augment", action="store_true", help="Random resized crop and colour jitter (and flips, see --augment_flip)."
+    )
+    augment.add_argument(
+        "--augment_schedule",
+        default="exponential",
+        choices=SCHEDULE_KINDS,
+        help="How the strength grows with the epoch: exponential (95%% of the maximum at --augment_ramp_epochs), "
+        "linear, or constant.",
+    )
+    augment.add_argument("--augment_max_strength", type=float, default=1.0, help="The strength ramped to, in [0, 1].")
+    augment.add_argument("--augment_ramp_epochs", type=float, default=10.0)
+    augment.add_argument(
+        "--augment_flip",
+        default="off",
+        choices=FLIP_MODES,
+        help="'swap': mirror half the images and swap left/right in their captions.",
+    )
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", default="outputs/train")
     run.add_argument("--checkpointing_steps", default="epoch", help="An integer N (every N steps) or 'epoch'.")
@@ -181,6 +203,32 @@ def check_args(args: argparse.Namespace) -> None:
         raise SystemExit(f"--checkpointing_steps must be an integer or 'epoch', got {args.checkpointing_steps!r}.")
     if args.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise SystemExit("--mixed_precision fp16 needs a GPU; on a CPU use bf16 or no.")
+    if args.all_pairs and args.dataset_format in STREAM_FORMATS:
+        raise SystemExit(
+            f"--all_pairs needs a dataset with random access; --dataset_format {args.dataset_format} streams."
+        )
+    augmentation_of(args)  # refuses bad --augment_* values before anything is loaded
+
+
+def augmentation_of(args) -> tuple[ImageAugmentation | None, AugmentationSchedule]:
+    """The collator's augmentation (None without --augment) and its schedule, from the --augment_* flags."""
+    try:
+        schedule = AugmentationSchedule(args.augment_schedule, args.augment_max_strength, args.augment_ramp_epochs)
+        return (ImageAugmentation(flip=args.augment_flip) if args.augment else None), schedule
+    except ValueError as error:
+        raise SystemExit(f"{error} (see the --augment_* flags)") from error
+
+
+def input_image_size(args) -> int:
+    """The side of the model's input images, known before the model is built: streamed images are shrunk to it
+    right after decoding, unless --max_image_side says otherwise."""
+    from transformers import AutoConfig
+
+    if args.model_name_or_path:
+        return AutoConfig.from_pretrained(args.model_name_or_path).image_size
+    if is_pretrained_id(args.encoder):
+        return getattr(AutoConfig.from_pretrained(args.encoder), "image_size", 224)
+    return CaptionerConfig.from_preset(args.preset, encoder=args.encoder, decoder=args.decoder).image_size
 
 
 class EpochSampler(Sampler):
@@ -398,11 +446,22 @@ def main(argv=None) -> dict:
     checkpoint_dir = output_dir / "checkpoints"
 
     # Data: every split is read and checked before any training starts.
-    splits = load_splits_from_args(args)
+    streaming = args.dataset_format in STREAM_FORMATS
+    if streaming:
+        # Training rows are read as they stream, each process its share; validation and test are fetched once.
+        splits = load_splits_from_args(
+            args,
+            image_side=input_image_size(args),
+            process_index=accelerator.process_index,
+            num_processes=accelerator.num_processes,
+            num_workers=args.num_workers,
+        )
+    else:
+        splits = load_splits_from_args(args)
     for name, split in splits.items():
-        logger.info(f"{name}: {len(split)} images; skipped: {split.skipped.report()}")
+        logger.info(f"{name}: {split.summary()}")
     train_split = splits["train"]
-    if args.max_train_samples is not None:
+    if args.max_train_samples is not None and not streaming:  # a stream applies it while reading its rows
         train_split = train_split.subset(range(min(args.max_train_samples, len(train_split))))
     validation = splits["validation"]
     if args.max_eval_samples is not None:
@@ -436,7 +495,11 @@ def main(argv=None) -> dict:
     # The cache holds one row per image, so it serves one-item-per-image training (not --all_pairs).
     frozen_stage = any("encoder" not in stage.groups for stage in schedule.stages)
     if frozen_stage and not args.no_feature_cache and not args.all_pairs:
-        if accelerator.num_processes > 1:
+        if streaming or args.augment:
+            # Cached features are of un-augmented images, kept by index in a file of the split's size.
+            why = "a streamed source has no fixed set of images" if streaming else "they come from un-augmented images"
+            logger.info(f"feature cache: off ({why}); the frozen backbone runs on every batch")
+        elif accelerator.num_processes > 1:
             logger.info(
                 f"feature cache: off with {accelerator.num_processes} processes (they would all write one cache file); "
                 "the frozen backbone runs on every batch"
@@ -445,22 +508,46 @@ def main(argv=None) -> dict:
             key = cache_key(model.encoder.backbone, processor.image_processor, train_split.fingerprint())
             cache = FeatureCache(args.feature_cache_dir or output_dir / "feature_cache", key, len(train_split))
             train_items = CachedFeatures(train_split, cache)
-    # One shuffle for all processes: Accelerate deals batch i of it to process i mod N, so the N batches of one step
-    # hold the same images as the one batch of a single process with N times the batch size.
-    sampler = EpochSampler(len(train_items), args.seed)
-    collator = CaptionCollator(processor, max_length=model.config.max_position_embeddings, seed=args.seed)
-    train_loader = DataLoader(
-        train_items,
-        batch_size=args.per_device_train_batch_size,
-        sampler=sampler,
-        collate_fn=collator,
-        num_workers=args.num_workers,
+    augmentation, augmentation_schedule = augmentation_of(args)
+    collator = CaptionCollator(
+        processor,
+        max_length=model.config.max_position_embeddings,
+        seed=args.seed,
+        augmentation=augmentation,
+        augmentation_schedule=augmentation_schedule,
     )
+    if streaming:
+        # Each process reads its own shards of the stream (no sampler, no sharding by Accelerate).
+        stream_progress = StreamProgress.of(train_split)
+        train_loader = DataLoader(
+            train_split,
+            batch_size=args.per_device_train_batch_size,
+            collate_fn=StreamCollator(collator),
+            num_workers=args.num_workers,
+            # Kept from epoch to epoch: no fork of the training process, no new downloader start-up per epoch.
+            persistent_workers=args.num_workers > 0,
+        )
+    else:
+        # One shuffle for all processes: Accelerate deals batch i of it to process i mod N, so the N batches of one
+        # step hold the same images as the one batch of a single process with N times the batch size.
+        sampler = EpochSampler(len(train_items), args.seed)
+        train_loader = DataLoader(
+            train_items,
+            batch_size=args.per_device_train_batch_size,
+            sampler=sampler,
+            collate_fn=collator,
+            num_workers=args.num_workers,
+        )
 
     optimizer = torch.optim.AdamW(optimizer_groups(model, schedule, args.learning_rate, args.weight_decay))
     # Each process gets every N-th batch; an epoch whose batches do not divide evenly is topped up with batches
     # from its start (Accelerate's even_batches), so all processes take the same number of steps.
-    batches_per_process = math.ceil(len(train_loader) / accelerator.num_processes)
+    if streaming:
+        # The stream is this process's already, padded so that every process takes the same number of batches:
+        # max(1, num_workers) × ceil(rows of the longest shard / batch size), a shard being a process's worker.
+        batches_per_process = train_split.batches_per_epoch(args.per_device_train_batch_size)
+    else:
+        batches_per_process = math.ceil(len(train_loader) / accelerator.num_processes)
     updates_per_epoch = math.ceil(batches_per_process / args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
     num_epochs = math.ceil(max_train_steps / updates_per_epoch)
@@ -478,7 +565,13 @@ def main(argv=None) -> dict:
         f"{updates_per_epoch} steps per epoch, {max_train_steps} in all"
     )
     prepare_for_strategy(accelerator, model, schedule)
-    model, optimizer, train_loader, lr_scheduler = accelerator.prepare(model, optimizer, train_loader, lr_scheduler)
+    if streaming:
+        model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+        train_loader = StreamLoader(train_loader, accelerator.device)  # not split again: the stream deals its rows
+    else:
+        model, optimizer, train_loader, lr_scheduler = accelerator.prepare(
+            model, optimizer, train_loader, lr_scheduler
+        )
     if args.with_tracking:
         accelerator.init_trackers(
             "captioner", {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
@@ -492,6 +585,8 @@ def main(argv=None) -> dict:
         "history": [],
         "dropped": 0,
         "num_processes": accelerator.num_processes,
+        "stream": None,  # where a mid-epoch checkpoint stopped in a streamed source (StreamProgress.position)
+        "downloads": [],  # one report per epoch of a streamed source (StreamProgress.report, all processes)
     }
     if args.resume_from_checkpoint:
         path = Path(args.resume_from_checkpoint)
@@ -512,7 +607,7 @@ def main(argv=None) -> dict:
                     "resume with the same number, or from a checkpoint saved at the end of an epoch."
                 )
             accelerator.load_state(str(path))
-            state = {**saved, "num_processes": accelerator.num_processes}
+            state = {"stream": None, "downloads": [], **saved, "num_processes": accelerator.num_processes}
             logger.info(f"resumed from {path}: epoch {state['epoch']}, step {state['completed_steps']}")
 
     unwrapped = accelerator.unwrap_model(model)
@@ -541,11 +636,26 @@ def main(argv=None) -> dict:
         # passes when iterated, which a resumed run restarts from 0.
         train_loader.set_epoch(epoch)
         collator.set_epoch(epoch)
+        if args.augment and args.with_tracking:
+            accelerator.log(
+                {"train/augmentation_strength": collator.augmentation_strength(epoch)}, step=state["completed_steps"]
+            )
         loader = train_loader
-        if state["batches_in_epoch"]:
+        if streaming:
+            # Resumed mid-epoch, the stream leaves out the rows the checkpoint's batches held (not a replay).
+            position = state["stream"] if state["batches_in_epoch"] else None
+            try:
+                train_split.set_position(position)
+            except ValueError as error:
+                raise SystemExit(f"--resume_from_checkpoint: {error}") from error
+            stream_progress.start_epoch(epoch, position)
+            loader = stream_progress.timed(train_loader)
+        elif state["batches_in_epoch"]:
             loader = accelerator.skip_first_batches(train_loader, state["batches_in_epoch"])
         for batch in loader:
             state["batches_in_epoch"] += 1
+            if streaming:
+                stream_progress.update(batch.pop("stream"))
             num_tokens = int((batch["labels"] != -100).sum()) if "labels" in batch else 0
             counts = torch.tensor([num_tokens, batch.pop("num_dropped", 0)], device=accelerator.device)
             step_tokens, dropped = accelerator.reduce(counts, "sum").tolist()
@@ -602,12 +712,16 @@ def main(argv=None) -> dict:
                     "lr": lr_scheduler.get_last_lr()[0],
                     "stage": schedule.stage_index(epoch) + 1,
                 }
+                if args.augment:
+                    record["augmentation_strength"] = collator.augmentation_strength(epoch)
                 running = {"loss": 0.0, "count": 0}
                 state["history"].append(record)
                 progress.set_postfix(loss=f"{record['loss']:.3f}", stage=record["stage"])
                 if args.with_tracking:
                     accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=record["step"])
             if checkpoint_every and state["completed_steps"] % checkpoint_every == 0:
+                if streaming:
+                    state["stream"] = stream_progress.position(accelerator)
                 save_checkpoint(
                     accelerator,
                     checkpoint_dir,
@@ -618,8 +732,22 @@ def main(argv=None) -> dict:
             if state["completed_steps"] >= max_train_steps or out_of_time():
                 break
 
-        # End of epoch: score generated validation captions, keep the best model by CIDEr-D.
-        state["epoch"], state["batches_in_epoch"] = epoch + 1, 0
+        # End of epoch: report the stream, score generated validation captions, keep the best model by CIDEr-D.
+        state["epoch"], state["batches_in_epoch"], state["stream"] = epoch + 1, 0, None
+        if streaming:
+            report = stream_progress.report()
+            if accelerator.num_processes > 1:
+                from accelerate.utils import gather_object
+
+                report = sum_reports(gather_object([report]), processes=True)
+            state["downloads"].append({"epoch": epoch, **report})
+            logger.info(f"epoch {epoch}: training data: {format_report(report)}")
+            if args.with_tracking:
+                scalars = {name: value for name, value in report.items() if isinstance(value, int | float)}
+                scalars.update({f"failures/{kind}": count for kind, count in report["failures"].items()})
+                accelerator.log(
+                    {f"data/{name}": value for name, value in scalars.items()}, step=state["completed_steps"]
+                )
         if cache is not None:
             cache.flush()
         predictions, references, _ = generate_captions(
@@ -714,6 +842,13 @@ def finish(args, accelerator, output_dir: Path, splits, state: dict, train_secon
             "images_dropped_while_training": state["dropped"],
             "images_dropped_at_test": dropped,
         }
+        if args.dataset_format in STREAM_FORMATS:
+            # Training: every epoch's report and their sum; validation and test were fetched once.
+            report["downloads"] = {
+                "train": sum_reports(state["downloads"]),
+                "epochs": state["downloads"],
+                **{name: splits[name].downloads.as_dict() for name in ("validation", "test")},
+            }
         (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
         write_predictions(output_dir / "predictions.json", predictions, references)
         validation = splits["validation"]

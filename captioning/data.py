@@ -1018,17 +1018,24 @@ def load_caption_splits(
 
 
 def add_data_arguments(parser) -> None:
-    """The dataset flags train.py and the evaluation command share (an argparse parser or group)."""
-    parser.add_argument("--dataset_format", default="synthetic", choices=FORMATS)
+    """The dataset flags train.py and the evaluation command share (an argparse parser or group), those of the
+    streamed web formats included (`captioning.web_data`)."""
+    from captioning.web_data import STREAM_FORMATS, add_web_data_arguments
+
+    parser.add_argument("--dataset_format", default="synthetic", choices=(*FORMATS, *STREAM_FORMATS))
     parser.add_argument("--data_dir", default=None, help="Folder of the dataset (layout depends on --dataset_format).")
     parser.add_argument("--dataset_name", default=None, help="A 🤗 datasets hub id or local folder (format hf).")
     parser.add_argument("--image_column", default="image")
     parser.add_argument("--caption_column", default="caption")
     parser.add_argument("--synthetic_sizes", default=None, help="Synthetic split sizes TRAIN,VALIDATION,TEST.")
+    add_web_data_arguments(parser)
 
 
 def check_data_arguments(args) -> None:
     """Reject flag combinations that cannot load, before anything is built; raises SystemExit with a sentence."""
+    from captioning.web_data import check_web_data_arguments
+
+    check_web_data_arguments(args)
     if args.dataset_format in ("flickr8k", "karpathy", "coco") and not args.data_dir:
         raise SystemExit(f"--dataset_format {args.dataset_format} needs --data_dir.")
     if args.dataset_format == "hf" and not (args.dataset_name or args.data_dir):
@@ -1041,8 +1048,14 @@ def check_data_arguments(args) -> None:
             )
 
 
-def load_splits_from_args(args) -> dict[str, CaptionDataset]:
-    """`load_caption_splits` with the flags of `add_data_arguments` (and `args.seed`)."""
+def load_splits_from_args(args, **stream_options) -> dict[str, CaptionDataset]:
+    """`load_caption_splits` with the flags of `add_data_arguments` (and `args.seed`). For the streamed formats
+    (urls, webdataset), `captioning.web_data.load_web_splits(args, **stream_options)`: "train" is then a
+    `CaptionStream`."""
+    from captioning.web_data import STREAM_FORMATS, load_web_splits
+
+    if args.dataset_format in STREAM_FORMATS:
+        return load_web_splits(args, **stream_options)
     options = {}
     if args.dataset_format == "synthetic" and args.synthetic_sizes:
         options["sizes"] = tuple(int(n) for n in args.synthetic_sizes.split(","))

@@ -13,6 +13,7 @@ from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 from tqdm.auto import tqdm
 
 from captioning.data import add_data_arguments, check_data_arguments, load_splits_from_args
+from captioning.web_data import STREAM_FORMATS
 
 
 class EvalCollator:
@@ -134,6 +135,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--trust_remote_code", action="store_true")
     args = parser.parse_args(argv)
     check_data_arguments(args)
+    if args.dataset_format in STREAM_FORMATS and args.split == "train":
+        raise SystemExit(
+            f"--dataset_format {args.dataset_format} streams its train split; score --split validation or test (held "
+            "out of --data_files, or given by --validation_files / --test_files)."
+        )
     return args
 
 
@@ -145,7 +151,12 @@ def main(argv=None) -> dict:
 
     model = AutoModel.from_pretrained(args.model, trust_remote_code=args.trust_remote_code).eval()
     processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
-    splits = load_splits_from_args(args)
+    if args.dataset_format in STREAM_FORMATS:
+        # Downloaded (or read from the shards) once, shrunk to the model's input size as in training.
+        side = max(processor.image_processor.size.get(key, 0) for key in ("height", "width", "shortest_edge"))
+        splits = load_splits_from_args(args, image_side=side or None, splits=(args.split,))
+    else:
+        splits = load_splits_from_args(args)
     dataset = splits[args.split]
     expected = len(dataset)
     if args.max_samples is not None:
@@ -173,6 +184,8 @@ def main(argv=None) -> dict:
         "metrics": metrics,
         "images_dropped": dropped,
     }
+    if hasattr(splits[args.split], "downloads"):
+        report["downloads"] = splits[args.split].downloads.as_dict()
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
     write_predictions(output_dir / "predictions.json", predictions, references)
     print(json.dumps(metrics, indent=2))
