@@ -4,7 +4,7 @@ caption-aware horizontal flips, at a strength that ramps up over training on a s
 import math
 import random
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import PIL.Image
@@ -146,9 +146,6 @@ class ImageAugmentation:
             hsv[..., 0] = (hsv[..., 0].astype(np.int16) + round(turn * 256)) % 256
             image = PIL.Image.fromarray(hsv, mode="HSV").convert("RGB")
         return image
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def augmentation_rng(seed: int, epoch: int, index: int) -> random.Random:

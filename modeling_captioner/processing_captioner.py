@@ -156,7 +156,8 @@ class CaptionerProcessor(ProcessorMixin):
             raise ValueError("CaptionerProcessor needs images, text (a prompt), text_target (captions) or a mix.")
         for key in self._TEXT_KWARGS:
             kwargs.pop(key, None)
-        generation_options = sorted(key for key in kwargs if hasattr(GenerationConfig(), key))
+        generation_defaults = GenerationConfig() if kwargs else None
+        generation_options = sorted(key for key in kwargs if hasattr(generation_defaults, key))
         if generation_options:
             raise TypeError(
                 f"CaptionerProcessor got generation options {generation_options}: they belong to generate(), e.g. "

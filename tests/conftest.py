@@ -51,6 +51,23 @@ def scene_images(count: int, image_size: int = 64):
     return [render_scene(scene, image_size) for scene in scenes], [scene.caption for scene in scenes]
 
 
+def reset_accelerator_state() -> None:
+    """Accelerate keeps one state per process (a real run is one process); each in-process run starts clean, as
+    accelerate's own AccelerateTestCase does."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """Use with `pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")` in modules that run train.py
+    in-process."""
+    reset_accelerator_state()
+    yield
+    reset_accelerator_state()
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models gain nothing from intra-op threads, and lose 100× when another job shares the two cores (use with

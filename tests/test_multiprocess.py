@@ -17,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_data import write_truncated_jpeg
+from test_train import TINY
 
 import train
 from captioning.synthetic import build_synthetic_splits, render_scene
@@ -26,8 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "accelerate"
 SIZES = (24, 13, 11)  # train, validation, test: odd evaluation splits, so two processes get unequal shares
 RUN = [
-    "--preset",
-    "tiny",
+    *TINY,
     "--dataset_format",
     "karpathy",
     "--num_train_epochs",
@@ -38,34 +38,14 @@ RUN = [
     "bridge,cross_attention@0;decoder@1",
     "--per_device_eval_batch_size",
     "4",
-    "--num_beams",
-    "2",
-    "--max_new_tokens",
-    "12",
-    "--logging_steps",
-    "1",
-    "--learning_rate",
-    "1e-3",
-    "--num_warmup_steps",
-    "2",
-    "--vocab_size",
-    "300",
     "--checkpointing_steps",
     "2",
     "--checkpoints_total_limit",
     "10",
-    "--no_meteor",
-    "--no-with_tracking",
 ]
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
 
 
 def make_scene_files(root: Path) -> Path:

@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
-from conftest import tiny_model
+from conftest import reset_accelerator_state, tiny_model
 from huggingface_hub import ModelCard
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -67,17 +67,13 @@ def tree_hash(folder: Path) -> str:
 @pytest.fixture(scope="module")
 def run_folder(tmp_path_factory) -> Path:
     """A real train.py output folder (tiny preset, synthetic data), with training_args.json."""
-    from accelerate.state import AcceleratorState
-
     folder = tmp_path_factory.mktemp("run")
-    argv = [*TINY_RUN, "--output_dir", str(folder)]
-    AcceleratorState._reset_state(reset_partial_state=True)
+    reset_accelerator_state()
     try:
-        train.main(argv)
+        train.main([*TINY_RUN, "--output_dir", str(folder)])
     finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-    if not (folder / "training_args.json").is_file():  # until train.py writes its resolved arguments itself
-        (folder / "training_args.json").write_text(json.dumps(vars(train.parse_args(argv)), indent=2))
+        reset_accelerator_state()
+    assert (folder / "training_args.json").is_file(), "train.py writes its resolved arguments beside the model"
     # TensorBoard logs where a tracked run leaves them (OUTPUT_DIR/captioner): never uploaded.
     (folder / "captioner").mkdir()
     (folder / "captioner" / "events.out.tfevents.0").write_bytes(b"\0" * 16)

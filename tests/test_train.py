@@ -45,15 +45,7 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    """Accelerate keeps one state per process (a real run is one process); each in-process run here starts clean,
-    as accelerate's own AccelerateTestCase does."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
 
 
 def run_train(*extra: str) -> dict:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import tiny_model
 from safetensors.torch import load_file
-from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
+from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
 
 from captioning.data import load_caption_splits
 from captioning.evaluation import generate_captions
@@ -107,7 +107,7 @@ def test_unfreezing_callback_follows_the_schedule_and_resumes_in_its_stage(token
         callback = CaptionTrainingCallback(collator, schedule)
         stages = []
 
-        class Spy(CaptionTrainingCallback):
+        class Spy(TrainerCallback):
             def on_step_end(self, args, state, control, model=None, **kwargs):
                 stages.append((callback.stage, collator.epoch, model.encoder.backbone.training))
 

@@ -27,13 +27,7 @@ WEB = "--download_timeout 0.5 --download_retries 1 --download_backoff 0.01 --dow
 WEB += ["--max_image_bytes", "1000000"]  # the 3 MB body is refused as too large
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
 
 
 @pytest.fixture(scope="module")
