@@ -8,8 +8,23 @@ from transformers.configuration_utils import SubConfigSpec
 DECODER_TYPES = ("transformer", "gpt2", "lstm")
 AVAILABLE_DECODER_TYPES = DECODER_TYPES
 POSITION_EMBEDDING_TYPES = ("learned", "sinusoidal_2d", "none")
+FEATURE_PROJECTIONS = ("linear", "none")
 RNN_CELLS = ("lstm", "gru", "rnn")
 RNN_ATTENTIONS = ("bahdanau", "luong", "none")
+
+
+def vision_feature_size(vision_config) -> int:
+    """Channels of the backbone's last_hidden_state: the last stage width for CNNs, hidden_size for ViTs."""
+    hidden_sizes = getattr(vision_config, "hidden_sizes", None)
+    if hidden_sizes:
+        return hidden_sizes[-1]
+    hidden_size = getattr(vision_config, "hidden_size", None)
+    if hidden_size:
+        return hidden_size
+    raise ValueError(
+        f"Cannot tell the feature width of vision_config ({type(vision_config).__name__}): it has neither "
+        "`hidden_sizes` nor `hidden_size`."
+    )
 
 
 class CaptionerConfig(PreTrainedConfig):
@@ -47,6 +62,11 @@ class CaptionerConfig(PreTrainedConfig):
             Number of learned 1-D image positions (the feature sequence may not be longer).
         d_model (`int`, *optional*, defaults to 512):
             Width of the bridge and the decoder (for GPT-2: its `n_embd`).
+        feature_projection (`str`, *optional*, defaults to `"linear"`):
+            `"linear"`: the backbone's features are projected to `d_model` and layer-normalised (after any encoder
+            layers). `"none"`: they reach the decoder as they are, as in VisionEncoderDecoderModel when the widths
+            match (the backbone's width must equal `d_model`); dropout and the final LayerNorm are then kept only
+            for encoder layers, so with `encoder_layers=0` and no positions the encoder is the backbone alone.
         encoder_layers (`int`, *optional*, defaults to 0):
             Transformer encoder layers applied to the projected image features.
         encoder_attention_heads / encoder_ffn_dim:
@@ -86,6 +106,7 @@ class CaptionerConfig(PreTrainedConfig):
     position_embedding_type: str = "learned"
     max_image_positions: int = 1024
     d_model: int = 512
+    feature_projection: str = "linear"
     encoder_layers: int = 0
     encoder_attention_heads: int = 8
     encoder_ffn_dim: int = 2048
@@ -175,6 +196,17 @@ class CaptionerConfig(PreTrainedConfig):
             )
         if self.vision_config is None:
             raise ValueError("CaptionerConfig.vision_config is required: the config of a 🤗 vision model.")
+        if self.feature_projection not in FEATURE_PROJECTIONS:
+            raise ValueError(
+                f"CaptionerConfig.feature_projection={self.feature_projection!r} is unknown; expected one of "
+                f"{FEATURE_PROJECTIONS}."
+            )
+        if self.feature_projection == "none" and vision_feature_size(self.vision_config) != self.d_model:
+            raise ValueError(
+                f"CaptionerConfig.feature_projection='none' passes the backbone's features on unprojected, but they "
+                f"are {vision_feature_size(self.vision_config)} wide and d_model={self.d_model}; use "
+                "feature_projection='linear' or a backbone of width d_model."
+            )
         for name in ("d_model", "vocab_size", "image_size", "max_position_embeddings", "max_image_positions"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
@@ -428,4 +460,4 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-__all__ = ["CaptionerConfig", "PRESETS", "special_tokens_from_tokenizer"]
+__all__ = ["CaptionerConfig", "PRESETS", "special_tokens_from_tokenizer", "vision_feature_size"]

@@ -9,12 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, GenerationMixin, GPT2LMHeadModel, PreTrainedModel
-from transformers.activations import ACT2FN
+from transformers.activations import ACT2FN, GELUTanh, NewGELUActivation
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutputWithCrossAttentions, Seq2SeqLMOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.gpt2.modeling_gpt2 import GPT2Attention, eager_attention_forward
 from transformers.utils import logging
 
-from .configuration_captioner import CaptionerConfig, special_tokens_from_tokenizer
+from .configuration_captioner import CaptionerConfig, special_tokens_from_tokenizer, vision_feature_size
 
 logger = logging.get_logger(__name__)
 
@@ -26,20 +28,6 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_to
     shifted[:, 1:] = labels[:, :-1].clone()
     shifted[:, 0] = decoder_start_token_id
     return shifted.masked_fill(shifted == -100, pad_token_id)
-
-
-def vision_feature_size(vision_config) -> int:
-    """Channels of the backbone's last_hidden_state: the last stage width for CNNs, hidden_size for ViTs."""
-    hidden_sizes = getattr(vision_config, "hidden_sizes", None)
-    if hidden_sizes:
-        return hidden_sizes[-1]
-    hidden_size = getattr(vision_config, "hidden_size", None)
-    if hidden_size:
-        return hidden_size
-    raise ValueError(
-        f"Cannot tell the feature width of vision_config ({type(vision_config).__name__}): it has neither "
-        "`hidden_sizes` nor `hidden_size`."
-    )
 
 
 def vision_model_kwargs(vision_config) -> dict:
@@ -87,6 +75,37 @@ def causal_mask(query_length: int, key_length: int, padding_mask: torch.Tensor |
         # A padding query with nothing left to see would give a NaN softmax; let it see itself (its output is unused).
         mask = mask | (cols == rows)[None, None]
     return mask
+
+
+def caption_groups(query_batch: int, image_batch: int) -> int:
+    """How many caption rows read each image: generate() keeps one copy of each image's features (and of its
+    cross-attention keys and values) for all its beams or samples, which sit next to each other (rows i·g … i·g+g-1
+    read image i), so the decoder batch is a whole multiple of the image batch."""
+    if query_batch % image_batch:
+        raise ValueError(
+            f"The decoder has {query_batch} caption rows for {image_batch} images; each image needs the same whole "
+            "number of captions (rows i·g … i·g+g-1 read image i)."
+        )
+    return query_batch // image_batch
+
+
+def fold_captions(query: torch.Tensor, groups: int) -> torch.Tensor:
+    """(B·g, H, T, D) → (B, H, g·T, D): the queries of an image's g captions side by side, so that cross-attention
+    reads each image's keys and values once instead of once per caption (cross-attention has no mask between them)."""
+    rows, heads, length, dim = query.shape
+    return (
+        query.view(rows // groups, groups, heads, length, dim).transpose(1, 2).reshape(-1, heads, groups * length, dim)
+    )
+
+
+def unfold_captions(states: torch.Tensor, groups: int) -> torch.Tensor:
+    """(B, H, g·T, X) → (B·g, H, T, X): the inverse of `fold_captions` (attention outputs or weights)."""
+    images, heads, length, dim = states.shape
+    return (
+        states.view(images, heads, groups, length // groups, dim)
+        .transpose(1, 2)
+        .reshape(-1, heads, length // groups, dim)
+    )
 
 
 def step_cache(cache: Cache | None, use_cache: bool) -> EncoderDecoderCache | None:
@@ -141,11 +160,16 @@ class CaptionerAttention(nn.Module):
             key = self._split_heads(self.k_proj(source))
             value = self._split_heads(self.v_proj(source))
             if cache is not None and is_cross_attention:
-                key, value = cache.cross_attention_cache.update(key, value, self.layer_idx)
+                # Contiguous once here, rather than copied by the attention kernel at every generation step.
+                key, value = cache.cross_attention_cache.update(key.contiguous(), value.contiguous(), self.layer_idx)
                 cache.is_updated[self.layer_idx] = True
             elif cache is not None:
                 key, value = cache.self_attention_cache.update(key, value, self.layer_idx)
 
+        batch_size = query.shape[0]
+        groups = caption_groups(batch_size, key.shape[0]) if is_cross_attention else 1
+        if groups > 1:
+            query = fold_captions(query, groups)
         query_length, key_length = query.shape[2], key.shape[2]
         is_causal = self.is_causal and attention_mask is None and query_length > 1
         dropout = self.dropout if self.training else 0.0
@@ -164,10 +188,10 @@ class CaptionerAttention(nn.Module):
             attn_output = F.scaled_dot_product_attention(
                 query, key, value, attn_mask=attention_mask, dropout_p=dropout, is_causal=is_causal, scale=self.scaling
             )
-        batch_size = attn_output.shape[0]
-        attn_output = attn_output.transpose(1, 2).reshape(
-            batch_size, query_length, self.embed_dim
-        )  # (B,H,T,D)->(B,T,C)
+        if groups > 1:
+            attn_output = unfold_captions(attn_output, groups)
+            attn_weights = unfold_captions(attn_weights, groups) if attn_weights is not None else None
+        attn_output = attn_output.transpose(1, 2).reshape(batch_size, -1, self.embed_dim)  # (B,H,T,D)->(B,T,C)
         return self.out_proj(attn_output), attn_weights
 
 
@@ -244,7 +268,8 @@ class CaptionerDecoderLayer(nn.Module):
 
 
 class CaptionerImageEncoder(nn.Module):
-    """Backbone → feature sequence → projection to d_model → positions → optional encoder layers → LayerNorm.
+    """Backbone → feature sequence → projection to d_model → positions → optional encoder layers → LayerNorm (with
+    `feature_projection="none"`: no projection, and dropout and LayerNorm only around encoder layers).
 
     Returns `BaseModelOutput(last_hidden_state)` of shape `(batch_size, num_positions, d_model)`: the memory the
     decoder cross-attends to (and the object generate() finds as `model.encoder`).
@@ -257,12 +282,16 @@ class CaptionerImageEncoder(nn.Module):
         self.config = config
         vision_config = config.vision_config
         self.backbone = backbone or AutoModel.from_config(vision_config, **vision_model_kwargs(vision_config))
-        self.projection = nn.Linear(vision_feature_size(vision_config), config.d_model)
+        # feature_projection="none" with no encoder layers keeps nothing but positions (if any): the decoder reads
+        # the backbone's own (already normalised) features, as VisionEncoderDecoderModel does at equal widths.
+        linear = config.feature_projection == "linear"
+        stack = linear or config.encoder_layers > 0
+        self.projection = nn.Linear(vision_feature_size(vision_config), config.d_model) if linear else nn.Identity()
         if config.position_embedding_type == "learned":
             self.position_embeddings = nn.Embedding(config.max_image_positions, config.d_model)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout) if stack else nn.Identity()
         self.layers = nn.ModuleList([CaptionerEncoderLayer(config) for _ in range(config.encoder_layers)])
-        self.layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if stack else nn.Identity()
 
     def check_pixel_values(self, pixel_values: torch.Tensor) -> None:
         channels = getattr(self.config.vision_config, "num_channels", 3)
@@ -550,6 +579,87 @@ def build_gpt2_decoder(config: CaptionerConfig) -> GPT2LMHeadModel:
     return GPT2LMHeadModel(config.text_config)
 
 
+class CaptionerGPT2CrossAttention(GPT2Attention):
+    """GPT-2's cross-attention (same weights, same numbers) for captions that share images: each image's keys and
+    values are projected once, kept contiguous in the cache, and read by all of its beams or samples at once, where
+    GPT-2's own reads a per-beam copy of the image at every step (see `fold_captions`). Swapped into a GPT-2 decoder's
+    blocks by `CaptionerForConditionalGeneration` (the class only; parameters and state dict are unchanged)."""
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        cache: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        output_attentions: bool | None = False,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if encoder_hidden_states is None:
+            return super().forward(
+                hidden_states,
+                cache=cache,
+                attention_mask=attention_mask,
+                output_attentions=output_attentions,
+                **kwargs,
+            )
+        cross_cache = cache.cross_attention_cache if isinstance(cache, EncoderDecoderCache) else None
+        if cross_cache is not None and cache.is_updated.get(self.layer_idx):
+            key, value = cross_cache.layers[self.layer_idx].keys, cross_cache.layers[self.layer_idx].values
+        else:
+            key, value = self.c_attn(encoder_hidden_states).split(self.split_size, dim=2)
+            shape = (*key.shape[:-1], -1, self.head_dim)
+            key, value = key.view(shape).transpose(1, 2), value.view(shape).transpose(1, 2)
+            if cross_cache is not None:
+                key, value = cross_cache.update(key.contiguous(), value.contiguous(), self.layer_idx)
+                cache.is_updated[self.layer_idx] = True
+        query = self.q_attn(hidden_states)
+        query = query.view(*query.shape[:-1], -1, self.head_dim).transpose(1, 2)  # (B·g, H, T, D)
+        batch_size, length = query.shape[0], query.shape[2]
+        groups = caption_groups(batch_size, key.shape[0])
+        if groups > 1 and encoder_attention_mask is not None:
+            # A per-caption mask over the image cannot be shared: attend over per-caption copies, as GPT-2 does.
+            key, value = key.repeat_interleave(groups, dim=0), value.repeat_interleave(groups, dim=0)
+            groups = 1
+        if groups > 1:
+            query = fold_captions(query, groups)
+
+        implementation = self.config._attn_implementation
+        if implementation == "eager" and self.reorder_and_upcast_attn:
+            attn_output, attn_weights = self._upcast_and_reordered_attn(query, key, value, encoder_attention_mask)
+        else:
+            attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+            attn_output, attn_weights = attention(
+                self,
+                query,
+                key,
+                value,
+                encoder_attention_mask,
+                dropout=self.attn_dropout.p if self.training else 0.0,
+                scaling=self.scaling,
+                **kwargs,
+            )
+        # attn_output: (B, g·T, H, D) → (B·g, T, H·D)
+        attn_output = attn_output.reshape(batch_size, length, -1).contiguous()
+        if groups > 1 and attn_weights is not None:
+            attn_weights = unfold_captions(attn_weights, groups)
+        return self.resid_dropout(self.c_proj(attn_output)), attn_weights
+
+
+def fuse_tanh_gelu(module: nn.Module) -> int:
+    """GPT-2's "gelu_new" is the tanh approximation of GELU written as eight elementwise operations, each a pass over
+    the MLP's activations and most of them saving a tensor for backward; `F.gelu(approximate="tanh")` computes the
+    same function in one kernel (equal to float32 rounding, ~1e-6) that saves only its input. Swapped in place: the
+    config still says "gelu_new", so checkpoints stay plain GPT-2 and load anywhere. Returns how many were swapped."""
+    swapped = 0
+    for parent in module.modules():
+        for name, child in parent.named_children():
+            if type(child) is NewGELUActivation:
+                setattr(parent, name, GELUTanh())
+                swapped += 1
+    return swapped
+
+
 # Config choice → decoder.
 DECODER_CLASSES = {
     "transformer": CaptionerTransformerDecoder,
@@ -603,6 +713,10 @@ class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixi
         super().__init__(config)
         self.encoder = CaptionerImageEncoder(config, backbone=vision_model)
         self.decoder = decoder if decoder is not None else DECODER_CLASSES[config.decoder_type](config)
+        fuse_tanh_gelu(self.decoder)
+        for module in self.decoder.modules():
+            if type(module) is GPT2Attention and module.is_cross_attention:
+                module.__class__ = CaptionerGPT2CrossAttention
         if config.decoder_type == "transformer" and config.tie_word_embeddings:
             self._tied_weights_keys = {"decoder.lm_head.weight": "decoder.embed_tokens.weight"}
         # The sub-models read their configs from ours, so one save holds the single source of truth.
@@ -626,6 +740,20 @@ class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixi
         else:
             cache.reorder_cache(beam_idx)
         return cache
+
+    def _expand_inputs_for_generation(
+        self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None, **kwargs
+    ):
+        # Beams and samples of one image share its features: the Transformer and GPT-2 decoders read them through
+        # `caption_groups`, so only the decoder inputs are repeated (the LSTM decoder's state is per caption from the
+        # first step, so it takes per-caption copies, as transformers makes them).
+        if self.config.decoder_type == "lstm":
+            return super()._expand_inputs_for_generation(expand_size, is_encoder_decoder, input_ids, **kwargs)
+        encoder_outputs = kwargs.pop("encoder_outputs", None)
+        input_ids, kwargs = super()._expand_inputs_for_generation(expand_size, False, input_ids, **kwargs)
+        if encoder_outputs is not None:
+            kwargs["encoder_outputs"] = encoder_outputs
+        return input_ids, kwargs
 
     def _prepare_generated_length(self, generation_config, has_default_max_length, *args, **kwargs):
         # Our saved max_length is a default caption length, as transformers' own 20 is: a caller's max_new_tokens
@@ -727,6 +855,11 @@ class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixi
         )
         # GPT-2's cross-attention views its inputs and fails on non-contiguous ones (e.g. expanded for beams).
         encoder_hidden_states = encoder_outputs.last_hidden_state.contiguous()
+        # Several captions may read one image (beams, samples, several references): rows i·g … i·g+g-1 read image i.
+        groups = caption_groups(decoder_input_ids.shape[0], encoder_hidden_states.shape[0])
+        if groups > 1 and config.decoder_type == "lstm":
+            # The recurrent decoder's state is per caption from the first step on: it reads per-caption copies.
+            encoder_hidden_states = encoder_hidden_states.repeat_interleave(groups, dim=0)
         with self._eager_gpt2_attention(output_attentions):
             decoder_outputs = self.decoder(
                 input_ids=decoder_input_ids,
@@ -891,6 +1024,12 @@ class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixi
                 sources["decoder"] = str(decoder_pretrained_model_name_or_path)
             return model, {"new_weights": new_weights, "pretrained_weights": sources}
         return model
+
+
+# generate() looks up the forward signature of custom-code models (ours: registered for the Auto classes) at every
+# step, for a `cache_position` argument; inspect.signature then rebuilds it each time (~0.1 ms a token, several % of
+# batch-1 generation). A function's __signature__ is what inspect returns first, so it is built once, here.
+CaptionerForConditionalGeneration.forward.__signature__ = inspect.signature(CaptionerForConditionalGeneration.forward)
 
 
 def _summarise_names(names: list[str]) -> list[str]:

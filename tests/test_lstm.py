@@ -8,6 +8,7 @@ from conftest import scene_images, tiny_model
 from test_modeling import random_inputs, strip_padding
 from test_remote_code import run_fresh_process
 from transformers import AutoModel
+from transformers.modeling_outputs import BaseModelOutput
 
 from modeling_captioner import CaptionerProcessor, build_image_processor
 
@@ -165,3 +166,20 @@ def test_save_load_and_remote_code(tokenizer, tmp_path):
     for folder in folders:
         assert results[folder]["ids"] == expected[folder]
         assert results[folder]["model_module"].startswith("transformers_modules.")
+
+
+def test_captions_sharing_an_image_read_copies_of_it(tokenizer):
+    """B images for g·B caption rows: the recurrent decoder reads per-caption copies (rows i·g … i·g+g-1 read image
+    i), equal to passing the copies; a batch that is no whole multiple is named."""
+    model = tiny_model("resnet", "lstm", tokenizer)
+    generator = torch.Generator().manual_seed(0)
+    pixel_values = torch.randn(2, 3, model.config.image_size, model.config.image_size, generator=generator)
+    labels = torch.randint(5, model.config.vocab_size, (4, 6), generator=generator)
+    encoder_outputs = model.encoder(pixel_values)
+    shared = model(encoder_outputs=encoder_outputs, labels=labels)
+    copies = BaseModelOutput(last_hidden_state=encoder_outputs.last_hidden_state.repeat_interleave(2, dim=0))
+    copied = model(encoder_outputs=copies, labels=labels)
+    torch.testing.assert_close(shared.logits, copied.logits)
+    torch.testing.assert_close(shared.loss, copied.loss)
+    with pytest.raises(ValueError, match="3 caption rows for 2 images"):
+        model(encoder_outputs=encoder_outputs, labels=labels[:3])

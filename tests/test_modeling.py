@@ -1,10 +1,12 @@
 """CaptionerForConditionalGeneration on tiny configs, for every encoder × decoder: shapes, gradients, save/load,
 generate() modes, cache and batch equivalence, attention maps and bad inputs."""
 
+from functools import partial
+
 import pytest
 import torch
 from conftest import tiny_model
-from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, GenerationMixin
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutput
 
@@ -157,16 +159,20 @@ def test_cross_attention_keys_values_projected_once_per_image(pair, tokenizer):
     hooks = [p.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0])) for p in projections]
     try:
         ids = model.generate(pixel_values, max_new_tokens=8, min_new_tokens=8)
+        assert ids.shape[1] == 9
+        assert calls == [2] * len(projections), f"cross-attention K/V projected {calls} for 8 steps"
+        calls.clear()
+        ids = model.generate(pixel_values, num_beams=3, max_new_tokens=8, min_new_tokens=8)
+        # Once per image, not once per beam.
+        assert calls == [2] * len(projections), f"cross-attention K/V projected {calls} for 8 steps of 3 beams"
     finally:
         for hook in hooks:
             hook.remove()
-    assert ids.shape[1] == 9
-    assert len(calls) == len(projections), f"cross-attention K/V projected {len(calls)} times for 8 steps"
 
 
 def test_beam_search_reorders_only_the_self_attention_cache(pair, tokenizer, monkeypatch):
-    """Cross-attention K/V are equal across an image's beams, so beam search leaves them in place (no copy per step);
-    the result equals beam search that reorders the whole cache."""
+    """An image's beams share one copy of its cross-attention K/V, so beam search leaves them in place (no copy per
+    step); the result equals transformers' own way: features copied per beam and the whole cache reordered."""
     model = tiny_model(*pair, tokenizer)
     pixel_values = random_inputs(model, batch_size=3)["pixel_values"]
     reordered = []
@@ -177,14 +183,51 @@ def test_beam_search_reorders_only_the_self_attention_cache(pair, tokenizer, mon
         return original(cache, beam_idx)
 
     monkeypatch.setattr(DynamicCache, "reorder_cache", spy)
-    kept = model.generate(pixel_values, num_beams=4, max_new_tokens=8, min_new_tokens=8, return_dict_in_generate=True)
+    kwargs = {"num_beams": 4, "max_new_tokens": 8, "min_new_tokens": 8, "output_scores": True}
+    kept = model.generate(pixel_values, return_dict_in_generate=True, **kwargs)
     caches = {id(cache) for cache in reordered}
     assert len(reordered) == 8 and len(caches) == 1  # once per step
     assert id(kept.cache.cross_attention_cache) not in caches
     assert id(kept.cache.self_attention_cache) in caches
+    assert kept.cache.cross_attention_cache.layers[0].keys.shape[0] == 3  # one row per image, not per beam
+    assert kept.cache.self_attention_cache.layers[0].keys.shape[0] == 12
+
     monkeypatch.setattr(model, "_reorder_cache", lambda cache, beam_idx: cache.reorder_cache(beam_idx) or cache)
-    everything = model.generate(pixel_values, num_beams=4, max_new_tokens=8, min_new_tokens=8)
-    assert torch.equal(kept.sequences, everything)
+    monkeypatch.setattr(
+        model, "_expand_inputs_for_generation", partial(GenerationMixin._expand_inputs_for_generation, model)
+    )
+    copied = model.generate(pixel_values, return_dict_in_generate=True, **kwargs)
+    assert copied.cache.cross_attention_cache.layers[0].keys.shape[0] == 12
+    assert torch.equal(kept.sequences, copied.sequences)
+    torch.testing.assert_close(kept.sequences_scores, copied.sequences_scores, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_captions_sharing_an_image_equal_captions_with_copies(pair, tokenizer, attn_implementation):
+    """The decoder reads B images for g·B caption rows (rows i·g … i·g+g-1 read image i) exactly as it reads g copies
+    of each image: logits, cross-attention maps and loss; a batch that is no whole multiple is named."""
+    model = tiny_model(*pair, tokenizer)
+    for config in (model.config, model.config.text_config):
+        if config is not None:
+            config._attn_implementation = attn_implementation
+    inputs = random_inputs(model, batch_size=2, length=6)
+    encoder_outputs = model.encoder(inputs["pixel_values"])
+    labels = torch.cat([inputs["labels"], inputs["labels"].flip(1).clamp(min=5)]).repeat_interleave(3, dim=0)[:6]
+    copies = BaseModelOutput(last_hidden_state=encoder_outputs.last_hidden_state.repeat_interleave(3, dim=0))
+    shared, copied = (
+        model(encoder_outputs=encoder_outputs, labels=labels),
+        model(encoder_outputs=copies, labels=labels),
+    )
+    torch.testing.assert_close(shared.logits, copied.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(shared.loss, copied.loss, atol=1e-6, rtol=0)
+    shared = model(encoder_outputs=encoder_outputs, labels=labels, output_attentions=True)
+    copied = model(encoder_outputs=copies, labels=labels, output_attentions=True)
+    torch.testing.assert_close(shared.logits, copied.logits, atol=1e-5, rtol=0)
+    for ours, theirs in zip(shared.cross_attentions, copied.cross_attentions, strict=True):
+        assert ours.shape == theirs.shape and ours.shape[0] == 6
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="5 caption rows for 2 images"):
+        model(encoder_outputs=encoder_outputs, labels=labels[:5])
 
 
 def test_cross_attentions_are_maps_over_image_positions(pair, tokenizer):
