@@ -156,7 +156,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--dry_run", action="store_true", help="Print the trainable parameters per stage and exit.")
     gen = parser.add_argument_group("generation (validation and the saved generation_config)")
     gen.add_argument("--num_beams", type=int, default=5)
-    gen.add_argument("--length_penalty", type=float, default=0.6)
+    gen.add_argument(
+        "--length_penalty", type=float, default=0.6, help="Beam search's length normalisation (1 with --num_beams 1)."
+    )
     gen.add_argument("--max_new_tokens", type=int, default=30)
     gen.add_argument("--no_meteor", action="store_true", help="Skip METEOR (its Java scorer takes seconds to start).")
     parser.add_argument("--config", default=None, help="A YAML or JSON file of these arguments (flags override it).")
@@ -208,6 +210,10 @@ def check_args(args: argparse.Namespace) -> None:
             f"--all_pairs needs a dataset with random access; --dataset_format {args.dataset_format} streams."
         )
     augmentation_of(args)  # refuses bad --augment_* values before anything is loaded
+    if args.num_beams == 1:
+        # Length normalisation ranks finished beams; greedy search has none (and transformers refuses to save a
+        # generation config with a length_penalty but no beams), so the saved and reported value is the neutral 1.
+        args.length_penalty = 1.0
 
 
 def augmentation_of(args) -> tuple[ImageAugmentation | None, AugmentationSchedule]:

@@ -182,6 +182,17 @@ def test_file_formats_train(dataset_format, tmp_path):
     assert json.loads((output / "predictions.json").read_text())
 
 
+def test_greedy_run_saves_a_valid_generation_config(tmp_path):
+    """--num_beams 1 with the default --length_penalty 0.6: no length normalisation without beams, so 1 is saved
+    and reported (transformers refuses to save a length_penalty without beams)."""
+    report = run_train(
+        "--output_dir", str(tmp_path), "--synthetic_sizes", "16,4,4", "--max_train_steps", "1", "--num_beams", "1"
+    )
+    assert report["generation"] == {"num_beams": 1, "length_penalty": 1.0, "max_new_tokens": 12}
+    generation = AutoModel.from_pretrained(tmp_path).generation_config
+    assert generation.num_beams == 1 and generation.length_penalty == 1.0
+
+
 def test_karpathy_format_trains(tmp_path):
     from PIL import Image
 
