@@ -5,6 +5,7 @@ wall-clock training, and a frozen-encoder epoch with captioner's feature cache a
 
     python bench/bench_vs_ved.py [--repeats 5] [--minutes 2] [--batch_sizes 32 64] [--device auto] [--quick]
                                  [--parts training memory generation quality frozen] [--preset small]
+                                 [--frozen_presets small vit-gpt2]
                                  [--threads N] [--profile] [--output FILE.json]
 
 Every row is captioner / VED with its spread: speed rows pair repeat i of both models (they run alternately) and
@@ -296,6 +297,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max_new_tokens", type=int, default=30)
     parser.add_argument("--latency_images", type=int, default=8, help="Images generated one by one per repeat.")
     parser.add_argument("--frozen_images", type=int, default=512, help="Images per frozen-encoder epoch.")
+    parser.add_argument(
+        "--frozen_presets",
+        nargs="+",
+        default=None,
+        help="Presets for the frozen-encoder part (default: --preset, then vit-gpt2: ViT-Base/16 + GPT-2 small, the "
+        "vit-gpt2 checkpoint's architecture, where the frozen encoder is a realistic share of the step).",
+    )
+    parser.add_argument(
+        "--frozen_large_images",
+        type=int,
+        default=32,
+        help="Images per frozen epoch (batch 16) for frozen presets other than --preset.",
+    )
     parser.add_argument("--train_images", type=int, default=3000, help="Synthetic training images (quality).")
     parser.add_argument("--test_images", type=int, default=250, help="Synthetic test images (quality).")
     parser.add_argument("--device", default="auto", help="auto (cuda when present, else cpu), cpu or cuda.")
@@ -312,6 +326,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.minutes, args.generate_batch_size, args.max_new_tokens, args.latency_images = 0.05, 8, 5, 2
         args.memory_repeats = 1
         args.frozen_images, args.train_images, args.test_images = 32, 64, 16
+        args.frozen_presets = ["tiny"]
+    if args.frozen_presets is None:
+        args.frozen_presets = list(dict.fromkeys([args.preset, "vit-gpt2"]))
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "auto":
@@ -344,7 +361,7 @@ def main(argv=None) -> dict:
         print(f"# {name:22s} {count['total']:>10,} parameters ({parts})")
     extra_share = (counts[CAPTIONER]["total"] - counts[VED]["total"]) / counts[VED]["total"]
     decoder_share = counts[TRANSFORMER]["decoder"] / counts[CAPTIONER]["decoder"] - 1
-    print(f"# captioner - VED: {extra_share:+.2%} (its bridge); Transformer - GPT-2 decoder: {decoder_share:+.2%}")
+    print(f"# parameters, captioner - VED: {extra_share:+.2%}; Transformer - GPT-2 decoder: {decoder_share:+.2%}")
 
     rows = []
     if "training" in args.parts:
@@ -379,12 +396,23 @@ def main(argv=None) -> dict:
             f"smoothing 0.1; {len(bench.splits['test'])} test images, beam 5, max {args.max_new_tokens} new tokens"
         )
     if "frozen" in args.parts:
-        frozen, results["cache_fill"] = frozen_rows(bench, args.repeats, args.frozen_images, args.batch_sizes[0])
-        rows += frozen
-        print(
-            f"# frozen: {args.frozen_images} images, batch {args.batch_sizes[0]}; the epoch that filled the cache ran "
-            f"at {results['cache_fill']['fill_epoch_images_per_second']:.1f} img/s"
-        )
+        results["cache_fill"] = {}
+        for preset in args.frozen_presets:
+            if preset == args.preset:
+                frozen_bench, images, batch_size, variants = bench, args.frozen_images, args.batch_sizes[0], True
+            else:
+                images, batch_size, variants = args.frozen_large_images, 16, False
+                frozen_bench = build_bench(preset, (images, 1, 4), args.device)
+            frozen, fill = frozen_rows(frozen_bench, args.repeats, images, batch_size, variants)
+            rows += frozen
+            results["cache_fill"][preset] = fill
+            vit, gpt2 = frozen_bench.config.vision_config, frozen_bench.config.text_config
+            print(
+                f"# frozen ({preset}): ViT {vit.image_size}px/{vit.patch_size}, hidden {vit.hidden_size}, "
+                f"{vit.num_hidden_layers} layers; GPT-2 n_embd {gpt2.n_embd}, {gpt2.n_layer} layers; {images} images, "
+                f"batch {batch_size}; decoder, cross-attention (and bridge) train; the epoch that filled the cache ran at "
+                f"{fill['fill_epoch_images_per_second']:.1f} img/s"
+            )
     results["rows"] = rows
     print(format_table(rows))
     if args.profile:

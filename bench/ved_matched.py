@@ -56,10 +56,12 @@ class Bench:
 def build_bench(preset: str, sizes: tuple[int, int, int], device: str) -> Bench:
     splits = load_caption_splits("synthetic", sizes=sizes)
     tokenizer = build_tokenizer(splits["train"].all_captions(), vocab_size=1000)
-    # No extra encoder layers: VisionEncoderDecoderModel hands the ViT's output straight to GPT-2's cross-attention,
-    # so captioner keeps only its bridge (projection + LayerNorm). The ViT brings its own positions, so from_preset
-    # sets position_embedding_type="none".
-    config = CaptionerConfig.from_preset(preset, encoder="vit", decoder="gpt2", tokenizer=tokenizer, encoder_layers=0)
+    # VisionEncoderDecoderModel hands the ViT's output straight to GPT-2's cross-attention when the widths match; so
+    # does captioner with no encoder layers and feature_projection="none" (the ViT brings its own positions, so
+    # from_preset sets position_embedding_type="none"): the same parameters, to the last one.
+    config = CaptionerConfig.from_preset(
+        preset, encoder="vit", decoder="gpt2", tokenizer=tokenizer, encoder_layers=0, feature_projection="none"
+    )
     processor = CaptionerProcessor(build_image_processor(config), tokenizer)
     return Bench(preset, splits, tokenizer, processor, config, torch.device(device))
 
@@ -75,6 +77,7 @@ def transformer_config(bench: Bench) -> CaptionerConfig:
         decoder="transformer",
         tokenizer=bench.tokenizer,
         encoder_layers=0,
+        feature_projection="none",
         d_model=text.n_embd,
         decoder_layers=text.n_layer,
         decoder_attention_heads=text.n_head,
@@ -140,9 +143,13 @@ class TrainingRun:
             self.scheduler = get_scheduler("inverse_sqrt", self.optimizer, num_warmup_steps=warmup_steps)
         self.scaler = torch.amp.GradScaler("cuda", enabled=bench.fp16)
 
-    def step(self, batch: dict) -> torch.Tensor:
+    def step(self, batch: dict, encoder_hidden_states: torch.Tensor | None = None) -> torch.Tensor:
+        """One step; with `encoder_hidden_states` (computed beforehand), the model skips its encoder and images."""
         batch = to_device(batch, self.bench.device)
         inputs = step_inputs(self.model, batch, self.cache, self.bench.device)
+        if encoder_hidden_states is not None:
+            inputs.pop("pixel_values")
+            inputs["encoder_outputs"] = (encoder_hidden_states,)
         with self.bench.autocast():
             logits = self.model(**inputs).logits
         loss, _ = caption_loss(logits, batch["labels"], label_smoothing=0.1)

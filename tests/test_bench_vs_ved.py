@@ -30,7 +30,8 @@ def test_models_are_matched(bench):
     counts = {name: parameter_counts(build_model(name, bench)) for name in MODELS}
     assert counts[CAPTIONER]["vision"] == counts[VED]["vision"]
     assert counts[CAPTIONER]["decoder"] == counts[VED]["decoder"]
-    assert counts[VED]["bridge"] == 0 and counts[CAPTIONER]["bridge"] > 0
+    # feature_projection="none": captioner passes the ViT's features on as VED does, to the last parameter.
+    assert counts[CAPTIONER] == counts[VED] and counts[VED]["bridge"] == 0
     assert abs(counts[TRANSFORMER]["decoder"] / counts[VED]["decoder"] - 1) < 0.02
 
 
@@ -41,6 +42,12 @@ def test_every_part_gives_rows(bench):
     rows += quality
     frozen, fill = frozen_rows(bench, repeats=1, images=8, batch_size=4)
     rows += frozen
+    assert [row["row"].split("batch 4)")[1] for row in frozen] == [
+        ", feature cache",
+        ", feature cache [transformer]",
+        ", no cache",
+        ": ceiling, VED decoder alone",
+    ]
     assert {row["part"] for row in rows} == set(PARTS) - {"memory"}
     assert all(row["ratio"] > 0 for row in rows if row["part"] != "quality")
     assert all(len(row["ratios"]) == 2 for row in rows if row["part"] == "training")
