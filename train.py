@@ -54,6 +54,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     data = parser.add_argument_group("data")
     add_data_arguments(data)
     data.add_argument("--all_pairs", action="store_true", help="One item per image–caption pair, not per image.")
+    data.add_argument(
+        "--captions_per_image",
+        type=int,
+        default=1,
+        help="References trained on per image and epoch, in one batch (batch sizes count images): the image's "
+        "encoder, feature-cache read and cross-attention keys/values serve all of them (seq_per_img).",
+    )
     data.add_argument("--max_train_samples", type=int, default=None)
     data.add_argument("--max_eval_samples", type=int, default=None, help="Validation images scored per epoch.")
     data.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes.")
@@ -205,6 +212,13 @@ def check_args(args: argparse.Namespace) -> None:
         raise SystemExit(f"--checkpointing_steps must be an integer or 'epoch', got {args.checkpointing_steps!r}.")
     if args.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise SystemExit("--mixed_precision fp16 needs a GPU; on a CPU use bf16 or no.")
+    if args.captions_per_image < 1:
+        raise SystemExit(f"--captions_per_image must be at least 1, got {args.captions_per_image}.")
+    if args.captions_per_image > 1 and (args.all_pairs or args.dataset_format in STREAM_FORMATS):
+        raise SystemExit(
+            "--captions_per_image picks several references of each image from a dataset with one item per image; "
+            + ("--all_pairs makes one item per pair." if args.all_pairs else "streamed rows carry one caption each.")
+        )
     if args.all_pairs and args.dataset_format in STREAM_FORMATS:
         raise SystemExit(
             f"--all_pairs needs a dataset with random access; --dataset_format {args.dataset_format} streams."
@@ -521,7 +535,15 @@ def main(argv=None) -> dict:
         seed=args.seed,
         augmentation=augmentation,
         augmentation_schedule=augmentation_schedule,
+        captions_per_image=args.captions_per_image,
     )
+    if args.captions_per_image > 1:
+        fewest = min(len(record.captions) for record in train_split.records)
+        if fewest < args.captions_per_image:
+            raise SystemExit(
+                f"--captions_per_image {args.captions_per_image}: some training images have only {fewest} "
+                "reference(s)."
+            )
     if streaming:
         # Each process reads its own shards of the stream (no sampler, no sharding by Accelerate).
         stream_progress = StreamProgress.of(train_split)

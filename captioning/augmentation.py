@@ -103,15 +103,15 @@ class ImageAugmentation:
             raise ValueError(f"hue={self.hue}: a hue turn must be within [0, 0.5] of the colour circle.")
 
     def __call__(
-        self, image: PIL.Image.Image, caption: str, strength: float, rng: random.Random
-    ) -> tuple[PIL.Image.Image, str]:
-        """The augmented RGB image and its caption (changed only by a flip)."""
+        self, image: PIL.Image.Image, caption: str | list[str], strength: float, rng: random.Random
+    ) -> tuple[PIL.Image.Image, str | list[str]]:
+        """The augmented RGB image and its caption, or list of captions (changed only by a flip)."""
         if strength <= 0.0:
             return image, caption
         image = self._crop(image, strength, rng)
         if self.flip == "swap" and rng.random() < 0.5 * strength:
             image = image.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)
-            caption = swap_sides(caption)
+            caption = [swap_sides(c) for c in caption] if isinstance(caption, list) else swap_sides(caption)
         return self._jitter(image, strength, rng), caption
 
     def _crop(self, image: PIL.Image.Image, strength: float, rng: random.Random) -> PIL.Image.Image:

@@ -25,6 +25,12 @@ class CaptionCollator:
     of an image is used once, in an order shuffled per image. Items from `CaptionPairs` carry their own `"caption"`,
     which is used as is.
 
+    With `captions_per_image=n` > 1, each image trains on n distinct references per epoch (all of them when it has
+    n), in one batch: `labels` then has n rows per image, image-major (rows i·n … i·n+n-1 belong to image i), while
+    `pixel_values` / `vision_features` keep one row per image — the model reads each image once for its n captions
+    (its encoder, feature-cache read and cross-attention keys/values), as captioning toolkits do with
+    `seq_per_img`.
+
     Call `set_epoch(epoch)` before iterating each epoch's DataLoader. The epoch lives in shared memory, so worker
     processes (forked, spawned or persistent) see the new value.
 
@@ -38,7 +44,9 @@ class CaptionCollator:
         - `vision_features` (`torch.Tensor`): instead of `pixel_values` when every item carries precomputed
           `"vision_features"` (a feature cache). A batch mixing such items with image items gets `pixel_values`,
           zeros on the rows without an image.
-        - `captions` (`list[str]`): the caption each image was trained on.
+        - `captions` (`list[str]`): the caption each image was trained on (`captions_per_image` per image, one
+          per `labels` row).
+        - `captions_per_image` (`int`): present when more than 1.
         - `references` (`list[list[str]]`): all reference captions of each image, for evaluation.
         - `image_ids` (`list[str]`) and `indices` (`list[int]`, each item's index in its `CaptionDataset`).
         - `num_dropped` (`int`): items that were `None` (images that failed to load) and were left out. A batch in
@@ -54,6 +62,8 @@ class CaptionCollator:
             collators only: evaluation images stay as they are.
         augmentation_schedule (`AugmentationSchedule`, *optional*): the augmentation strength of each epoch
             (defaults to an exponential ramp over 10 epochs).
+        captions_per_image (`int`, *optional*, defaults to 1): references trained on per image and epoch, in the
+            same batch; an image with fewer references is an error naming it. Not for `CaptionPairs` items.
     """
 
     def __init__(
@@ -63,9 +73,13 @@ class CaptionCollator:
         seed: int = 0,
         augmentation: ImageAugmentation | None = None,
         augmentation_schedule: AugmentationSchedule | None = None,
+        captions_per_image: int = 1,
     ):
         if max_length is not None and max_length < 2:
             raise ValueError(f"max_length={max_length}: a label needs room for at least one token and EOS.")
+        if not isinstance(captions_per_image, int) or captions_per_image < 1:
+            raise ValueError(f"captions_per_image={captions_per_image!r}: must be a positive integer.")
+        self.captions_per_image = captions_per_image
         self.processor = processor
         self.max_length = max_length
         self.seed = seed
@@ -99,6 +113,21 @@ class CaptionCollator:
         random.Random(f"captioner-collator:{self.seed}:{index}:{cycle}").shuffle(order)
         return captions[order[position]]
 
+    def pick_captions(self, captions: Sequence[str], index: int, epoch: int | None = None) -> list[str]:
+        """The `captions_per_image` distinct references trained on for image `index` in `epoch`: a function of
+        (seed, epoch, index) only; with one per image, `pick_caption`'s."""
+        count = self.captions_per_image
+        if count == 1:
+            return [self.pick_caption(captions, index, epoch)]
+        if len(captions) < count:
+            raise ValueError(
+                f"Image {index} has {len(captions)} reference caption(s), fewer than captions_per_image={count}."
+            )
+        epoch = self.epoch if epoch is None else epoch
+        order = list(range(len(captions)))
+        random.Random(f"captioner-collator-group:{self.seed}:{index}:{epoch}").shuffle(order)
+        return [captions[i] for i in order[:count]]
+
     def augmentation_strength(self, epoch: int | None = None) -> float:
         """The augmentation strength of `epoch` (defaults to the current one): 0 without augmentation."""
         if self.augmentation is None:
@@ -117,23 +146,30 @@ class CaptionCollator:
         if not kept:
             return batch
         epoch = self.epoch
+        groups = []  # each image's captions
         for item in kept:
             caption = item.get("caption")
-            batch["captions"].append(
-                caption if caption is not None else self.pick_caption(item["captions"], item["index"], epoch)
-            )
+            if caption is not None and self.captions_per_image > 1:
+                raise ValueError(
+                    f"Item {item['image_id']!r} carries its own caption (CaptionPairs); captions_per_image="
+                    f"{self.captions_per_image} picks several per image from items with one per image."
+                )
+            groups.append([caption] if caption is not None else self.pick_captions(item["captions"], item["index"]))
         with_features = ["vision_features" in item for item in kept]
         if all(with_features):
             batch["vision_features"] = torch.stack([torch.as_tensor(item["vision_features"]) for item in kept])
         else:
-            # Before the labels: a flipped image gets its caption's left and right swapped.
-            batch["pixel_values"] = self._pixel_values(kept, batch["captions"], epoch)
+            # Before the labels: a flipped image gets its captions' left and right swapped.
+            batch["pixel_values"] = self._pixel_values(kept, groups, epoch)
+        batch["captions"] = [caption for group in groups for caption in group]
+        if self.captions_per_image > 1:
+            batch["captions_per_image"] = self.captions_per_image
         labels = self.processor(text_target=batch["captions"], max_length=self.max_length)["labels"]
         batch["labels"] = labels
         batch["decoder_attention_mask"] = (labels != -100).long()
         return batch
 
-    def _pixel_values(self, items: list[dict[str, Any]], captions: list[str], epoch: int) -> torch.Tensor:
+    def _pixel_values(self, items: list[dict[str, Any]], captions: list[list[str]], epoch: int) -> torch.Tensor:
         with_image = [i for i, item in enumerate(items) if "image" in item]
         if not with_image:
             raise ValueError("CaptionCollator got items with neither an image nor vision_features.")

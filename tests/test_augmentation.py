@@ -81,6 +81,11 @@ def test_flips_mirror_the_image_and_swap_the_caption():
         left_red = np.asarray(out)[:, :40, 0].mean() > 200
         assert caption == ("a red square on the left" if left_red else "a red square on the right")
         flips += not left_red
+        # Several captions of one image (captions_per_image) flip together, with the same random draws.
+        _, captions = augment(halves(), ["on the left", "left of a right one"], 1.0, random.Random(seed))
+        assert captions == (
+            ["on the left", "left of a right one"] if left_red else ["on the right", "right of a left one"]
+        )
     assert 30 < flips < 70  # half the images at full strength
 
 

@@ -178,3 +178,36 @@ def test_precomputed_vision_features_replace_images(processor, synthetic):
     assert (mixed["pixel_values"][0] == 0).all() and not (mixed["pixel_values"][1] == 0).all()
     with pytest.raises(ValueError, match="neither an image nor vision_features"):
         CaptionCollator(processor)([synthetic.item_without_image(0)])
+
+
+def test_several_captions_per_image_in_one_batch(processor, synthetic):
+    """captions_per_image=n: n distinct references per image and epoch (all 5 of the synthetic scenes with n=5),
+    labels image-major beside one image row each, a function of (seed, epoch, index) alone; too few references
+    and pair items are named."""
+    collator = CaptionCollator(processor, captions_per_image=3)
+    items = [synthetic[i] for i in range(4)]
+    batch = collator(items)
+    assert batch["pixel_values"].shape[0] == 4 and batch["labels"].shape[0] == 12
+    assert batch["captions_per_image"] == 3 and len(batch["captions"]) == 12
+    for i, data in enumerate(items):
+        group = batch["captions"][3 * i : 3 * i + 3]
+        assert len(set(group)) == 3 and set(group) <= set(data["captions"])
+    decoded = processor.tokenizer.batch_decode(batch["labels"].clamp(min=0), skip_special_tokens=True)
+    assert [d.split() for d in decoded] == [c.lower().replace(".", "").split() for c in batch["captions"]]
+    # Batch composition does not change an image's picks; the epoch does.
+    alone = collator([items[2]])["captions"]
+    assert alone == batch["captions"][6:9]
+    collator.set_epoch(1)
+    assert collator([items[2]])["captions"] != alone
+    every = CaptionCollator(processor, captions_per_image=5)(items[:2])
+    assert sorted(every["captions"][:5]) == sorted(items[0]["captions"])
+    features = CaptionCollator(processor, captions_per_image=2)(
+        [{**items[0], "vision_features": torch.ones(5, 8)}, {**items[1], "vision_features": torch.ones(5, 8)}]
+    )
+    assert features["vision_features"].shape[0] == 2 and features["labels"].shape[0] == 4
+    with pytest.raises(ValueError, match="Image 0 has 1 reference caption.*captions_per_image=2"):
+        CaptionCollator(processor, captions_per_image=2)([item(0, [SHORT])])
+    with pytest.raises(ValueError, match="carries its own caption"):
+        CaptionCollator(processor, captions_per_image=2)([CaptionPairs(synthetic)[0]])
+    with pytest.raises(ValueError, match="positive integer"):
+        CaptionCollator(processor, captions_per_image=0)

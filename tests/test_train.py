@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -139,8 +140,6 @@ def test_synthetic_run_writes_a_complete_model_folder(tmp_path):
     # Epoch 0 trained with the backbone frozen: every training image's features went through the cache.
     caches = list((tmp_path / "feature_cache").glob("*/filled.npy"))
     assert len(caches) == 1
-    import numpy as np
-
     assert np.load(caches[0]).all()
 
 
@@ -191,6 +190,33 @@ def test_greedy_run_saves_a_valid_generation_config(tmp_path):
     assert report["generation"] == {"num_beams": 1, "length_penalty": 1.0, "max_new_tokens": 12}
     generation = AutoModel.from_pretrained(tmp_path).generation_config
     assert generation.num_beams == 1 and generation.length_penalty == 1.0
+
+
+def test_several_captions_per_image_train_from_the_feature_cache(tmp_path):
+    """--captions_per_image 5: every reference of each image in one batch (batch sizes count images), the frozen
+    backbone's features read once per image from the cache in epoch 1; the same run as 5 copies of each image would
+    take the same number of steps. Bad combinations are refused before anything loads."""
+    report = run_train(
+        "--output_dir",
+        str(tmp_path),
+        "--synthetic_sizes",
+        "32,8,8",
+        "--num_train_epochs",
+        "2",
+        "--captions_per_image",
+        "5",
+        "--unfreeze_schedule",
+        "bridge,cross_attention,decoder@0;encoder@2",
+    )
+    assert report["optimizer_steps"] == 4  # 32 images / 16 per batch × 2 epochs
+    assert np.load(next((tmp_path / "feature_cache").glob("*/filled.npy"))).all()
+    assert json.loads((tmp_path / "training_args.json").read_text())["captions_per_image"] == 5
+    with pytest.raises(SystemExit, match="--captions_per_image 6: some training images have only 5 reference"):
+        run_train("--output_dir", str(tmp_path / "x"), "--synthetic_sizes", "16,4,4", "--captions_per_image", "6")
+    with pytest.raises(SystemExit, match="--all_pairs makes one item per pair"):
+        run_train("--output_dir", str(tmp_path / "y"), "--captions_per_image", "2", "--all_pairs")
+    with pytest.raises(SystemExit, match="at least 1"):
+        run_train("--output_dir", str(tmp_path / "z"), "--captions_per_image", "0")
 
 
 def test_karpathy_format_trains(tmp_path):
