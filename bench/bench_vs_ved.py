@@ -48,7 +48,7 @@ from bench.ved_matched import (  # noqa: E402
     seconds,
     spread,
 )
-from bench.ved_training import frozen_rows, quality_rows  # noqa: E402
+from bench.ved_training import frozen_rows, pair_rows, quality_rows  # noqa: E402
 
 PARTS = ("training", "memory", "generation", "quality", "frozen")
 # Two steps: the first creates AdamW's state, the second trains with it.
@@ -305,6 +305,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "vit-gpt2 checkpoint's architecture, where the frozen encoder is a realistic share of the step).",
     )
     parser.add_argument(
+        "--frozen_pair_images",
+        type=int,
+        default=8,
+        help="Images (× their 5 captions) per all-pairs frozen epoch for frozen presets other than --preset.",
+    )
+    parser.add_argument(
         "--frozen_large_images",
         type=int,
         default=32,
@@ -405,6 +411,8 @@ def main(argv=None) -> dict:
                 frozen_bench = build_bench(preset, (images, 1, 4), args.device)
             frozen, fill = frozen_rows(frozen_bench, args.repeats, images, batch_size, variants)
             rows += frozen
+            pair_images = images if preset == args.preset else args.frozen_pair_images
+            rows += pair_rows(frozen_bench, args.repeats, min(images, pair_images), batch_size)
             results["cache_fill"][preset] = fill
             vit, gpt2 = frozen_bench.config.vision_config, frozen_bench.config.text_config
             print(

@@ -46,8 +46,10 @@ class Bench:
         # The "equal settings": fp32 on CPU (CPU fp16 kernels are slow or missing), fp16 autocast on a GPU.
         return self.device.type == "cuda"
 
-    def collator(self) -> CaptionCollator:
-        return CaptionCollator(self.processor, max_length=self.config.max_position_embeddings)
+    def collator(self, captions_per_image: int = 1) -> CaptionCollator:
+        return CaptionCollator(
+            self.processor, max_length=self.config.max_position_embeddings, captions_per_image=captions_per_image
+        )
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.fp16)

@@ -26,6 +26,7 @@ from bench.ved_matched import (
     seconds,
     to_device,
 )
+from captioning.data import CaptionPairs
 from captioning.evaluation import generate_captions
 from captioning.feature_cache import FeatureCache, cache_key
 from captioning.metrics import compute_caption_metrics
@@ -189,3 +190,49 @@ def frozen_rows(bench: Bench, repeats: int, images: int, batch_size: int, varian
     rows.append(ceiling)
     fill = {"fill_epoch_images_per_second": first["captioner+cache"], "images": len(split), "batch_size": batch_size}
     return rows, fill
+
+
+def pair_rows(bench: Bench, repeats: int, images: int, batch_size: int) -> list[dict]:
+    """A frozen-encoder epoch over every (image, caption) pair: VED, as its training scripts iterate over pairs, computes
+    its frozen encoder for each pair (`CaptionPairs`); captioner reads each image's features once from its cache and
+    trains all of the image's captions in the same batch (train.py's --captions_per_image), so one copy of the
+    image's cross-attention keys and values serves them all. Both take the same number of pairs per step."""
+    split = bench.splits["train"].subset(range(images))
+    per_image = min(len(record.captions) for record in split.records)
+    pairs_per_step = per_image * max(1, batch_size // per_image)
+    ved = build_model(VED, bench).train()
+    ved.encoder.requires_grad_(False)
+    ved.encoder.eval()
+    pairs = CaptionPairs(split)
+    with tempfile.TemporaryDirectory() as workdir:
+        run, items = frozen_captioner(CAPTIONER, bench, split, Path(workdir) / CAPTIONER)
+        loaders = {
+            "captioner": (
+                run,
+                DataLoader(
+                    items,
+                    pairs_per_step // per_image,
+                    sampler=EpochSampler(len(items), 0),
+                    collate_fn=bench.collator(captions_per_image=per_image),
+                ),
+            ),
+            "ved": (
+                TrainingRun(ved, bench),
+                DataLoader(pairs, pairs_per_step, sampler=EpochSampler(len(pairs), 0), collate_fn=bench.collator()),
+            ),
+        }
+
+        def pair_rate(name: str) -> float:
+            run, loader = loaders[name]
+            return len(pairs) / seconds(lambda: [run.step(batch) for batch in loader], bench.device)
+
+        for name in loaders:  # fills captioner's cache, warms VED up
+            pair_rate(name)
+        run.cache.flush()
+        assert run.cache.complete, "the first epoch must fill the feature cache"
+        rates = interleaved({name: partial(pair_rate, name) for name in loaders}, repeats)
+    name = (
+        f"frozen-encoder epoch over all pairs, pairs/s ({bench.preset}, {pairs_per_step} pairs a step), "
+        f"feature cache + {per_image} captions per image"
+    )
+    return [make_row("frozen", name, rates["captioner"], rates["ved"], FROZEN_TARGET)]

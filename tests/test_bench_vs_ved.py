@@ -14,7 +14,7 @@ from bench.bench_vs_ved import (
     training_rows,
 )
 from bench.ved_matched import CAPTIONER, MODELS, TRANSFORMER, VED, build_bench, build_model, parameter_counts
-from bench.ved_training import frozen_rows, quality_rows
+from bench.ved_training import frozen_rows, pair_rows, quality_rows
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,8 @@ def test_every_part_gives_rows(bench):
     rows += quality
     frozen, fill = frozen_rows(bench, repeats=1, images=8, batch_size=4)
     rows += frozen
+    (pairs,) = pair_rows(bench, repeats=1, images=4, batch_size=10)
+    assert "(tiny, 10 pairs a step), feature cache + 5 captions per image" in pairs["row"] and pairs["ratio"] > 0
     assert [row["row"].split("batch 4)")[1] for row in frozen] == [
         ", feature cache",
         ", feature cache [transformer]",
