@@ -227,6 +227,8 @@ def check_args(args: argparse.Namespace) -> None:
     if args.num_beams == 1:
         # Length normalisation ranks finished beams; greedy search has none (and transformers refuses to save a
         # generation config with a length_penalty but no beams), so the saved and reported value is the neutral 1.
+        if args.length_penalty not in (0.6, 1.0):  # not the default: the user asked for one
+            logger.warning(f"--length_penalty {args.length_penalty} has no effect with --num_beams 1; saving 1.0.")
         args.length_penalty = 1.0
 
 

@@ -25,6 +25,16 @@ class TrainerCollator(CaptionCollator):
     [`SkipFailedImages`] so a batch can never be empty.
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.captions_per_image > 1:
+            # The Trainer may split a batch across GPUs with nn.DataParallel, tensor by tensor in equal chunks, which
+            # would hand an image's captions to another image's replica.
+            raise ValueError(
+                "captions_per_image > 1 is for train.py; with the Trainer, train on one caption per image per epoch "
+                "or on every pair (CaptionPairs)."
+            )
+
     def __call__(self, items) -> dict[str, torch.Tensor]:
         batch = super().__call__(items)
         if "labels" not in batch:

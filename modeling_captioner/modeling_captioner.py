@@ -617,16 +617,22 @@ class CaptionerGPT2CrossAttention(GPT2Attention):
         query = query.view(*query.shape[:-1], -1, self.head_dim).transpose(1, 2)  # (B·g, H, T, D)
         batch_size, length = query.shape[0], query.shape[2]
         groups = caption_groups(batch_size, key.shape[0])
-        if groups > 1 and encoder_attention_mask is not None:
-            # A per-caption mask over the image cannot be shared: attend over per-caption copies, as GPT-2 does.
-            key, value = key.repeat_interleave(groups, dim=0), value.repeat_interleave(groups, dim=0)
-            groups = 1
+        mask = encoder_attention_mask
+        if groups > 1 and mask is not None:
+            if mask.ndim == 4 and mask.shape[0] == key.shape[0]:
+                # One (B, 1, T or 1, S) mask per image, as GPT-2 builds it from the image batch: the folded queries
+                # of an image (g·T, caption-major) all read it.
+                mask = mask.repeat(1, 1, groups, 1) if mask.shape[2] > 1 else mask
+            else:
+                # A per-caption mask over the image: attend over per-caption copies, as GPT-2 does.
+                key, value = key.repeat_interleave(groups, dim=0), value.repeat_interleave(groups, dim=0)
+                groups = 1
         if groups > 1:
             query = fold_captions(query, groups)
 
         implementation = self.config._attn_implementation
         if implementation == "eager" and self.reorder_and_upcast_attn:
-            attn_output, attn_weights = self._upcast_and_reordered_attn(query, key, value, encoder_attention_mask)
+            attn_output, attn_weights = self._upcast_and_reordered_attn(query, key, value, mask)
         else:
             attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
             attn_output, attn_weights = attention(
@@ -634,7 +640,7 @@ class CaptionerGPT2CrossAttention(GPT2Attention):
                 query,
                 key,
                 value,
-                encoder_attention_mask,
+                mask,
                 dropout=self.attn_dropout.p if self.training else 0.0,
                 scaling=self.scaling,
                 **kwargs,
@@ -750,6 +756,14 @@ class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixi
         if self.config.decoder_type == "lstm":
             return super()._expand_inputs_for_generation(expand_size, is_encoder_decoder, input_ids, **kwargs)
         encoder_outputs = kwargs.pop("encoder_outputs", None)
+        if encoder_outputs is not None and input_ids is not None:
+            images = encoder_outputs[0].shape[0]
+            if input_ids.shape[0] != images:
+                # Rows would otherwise be grouped per image silently (e.g. one prompt row for two images).
+                raise ValueError(
+                    f"decoder_input_ids has {input_ids.shape[0]} row(s) for {images} image(s): give one prompt per "
+                    "image (the processor repeats a single text prompt for every image)."
+                )
         input_ids, kwargs = super()._expand_inputs_for_generation(expand_size, False, input_ids, **kwargs)
         if encoder_outputs is not None:
             kwargs["encoder_outputs"] = encoder_outputs

@@ -230,6 +230,35 @@ def test_captions_sharing_an_image_equal_captions_with_copies(pair, tokenizer, a
         model(encoder_outputs=encoder_outputs, labels=labels[:5])
 
 
+def test_a_prompt_row_count_other_than_the_image_count_is_named(pair, tokenizer):
+    """One decoder_input_ids row for two images would otherwise be grouped silently per image (beams split across
+    images): it is refused with a sentence, as VisionEncoderDecoderModel fails on it."""
+    model = tiny_model(*pair, tokenizer)
+    pixel_values = random_inputs(model, batch_size=2)["pixel_values"]
+    prompt = torch.tensor([[model.config.decoder_start_token_id, 7]])
+    for kwargs in ({"num_beams": 4}, {"do_sample": True, "num_return_sequences": 2}):
+        with pytest.raises(ValueError, match=r"decoder_input_ids has 1 row\(s\) for 2 image\(s\)"):
+            model.generate(pixel_values, decoder_input_ids=prompt, max_new_tokens=3, **kwargs)
+
+
+def test_gpt2_cross_attention_shares_images_under_a_materialised_mask(tokenizer, monkeypatch):
+    """Where transformers materialises GPT-2's all-ones image mask (export, some devices), it has one row per image:
+    the folded queries of an image share it, equal to per-caption copies."""
+    import transformers.masking_utils as masking_utils
+
+    model = tiny_model("vit", "gpt2", tokenizer)
+    encoder_outputs = model.encoder(random_inputs(model, batch_size=2)["pixel_values"])
+    ids = torch.randint(5, len(tokenizer), (6, 5), generator=torch.Generator().manual_seed(0))
+    copies = BaseModelOutput(last_hidden_state=encoder_outputs.last_hidden_state.repeat_interleave(3, dim=0))
+    expected = model(encoder_outputs=copies, decoder_input_ids=ids).logits
+    monkeypatch.setattr(masking_utils, "_ignore_bidirectional_mask_sdpa", lambda *args, **kwargs: False)
+    for implementation in ("sdpa", "eager"):
+        model.config.text_config._attn_implementation = implementation
+        shared = model(encoder_outputs=encoder_outputs, decoder_input_ids=ids).logits
+        torch.testing.assert_close(shared, expected, atol=1e-5, rtol=0)
+    model.config.text_config._attn_implementation = "sdpa"
+
+
 def test_cross_attentions_are_maps_over_image_positions(pair, tokenizer):
     encoder, decoder = pair
     model = tiny_model(encoder, decoder, tokenizer)

@@ -22,7 +22,7 @@ from captioning.trainer import (
     loadable_subset,
 )
 from captioning.unfreezing import UnfreezingSchedule, parameter_group
-from modeling_captioner import CaptionerProcessor, build_image_processor
+from modeling_captioner import CaptionerConfig, CaptionerProcessor, build_image_processor
 
 
 def trainer_args(tmp_path, **overrides) -> Seq2SeqTrainingArguments:
@@ -175,3 +175,12 @@ def test_images_that_fail_to_load(tokenizer, tmp_path, caplog):
     trainer.eval_dataset = validation
     with pytest.raises(ValueError, match="captions for 6 images but the evaluation set has 8.*loadable_subset"):
         trainer.evaluate()
+
+
+def test_trainer_collator_refuses_several_captions_per_image(tokenizer):
+    """nn.DataParallel (the Trainer on several GPUs without torchrun) splits each tensor in equal chunks, which would
+    cut an image's captions away from it: the Trainer's collator keeps one caption per row."""
+    config = CaptionerConfig.from_preset("tiny", tokenizer=tokenizer)
+    processor = CaptionerProcessor(build_image_processor(config), tokenizer)
+    with pytest.raises(ValueError, match="captions_per_image > 1 is for train.py"):
+        TrainerCollator(processor, captions_per_image=5)
