@@ -126,19 +126,35 @@ def frozen_captioner(name: str, bench: Bench, split, workdir: Path | None) -> tu
     return TrainingRun(model, bench, cache=cache), CachedFeatures(split, cache)
 
 
+def frozen_ved(bench: Bench):
+    """VisionEncoderDecoderModel in a frozen-encoder stage: encoder without gradients and in eval mode, decoder
+    training."""
+    ved = build_model(VED, bench).train()
+    ved.encoder.requires_grad_(False)
+    ved.encoder.eval()
+    return ved
+
+
+def epoch_loader(items, batch_size: int, collator) -> DataLoader:
+    """train.py's order (EpochSampler, seed 0), the same for every model and every repeat."""
+    return DataLoader(items, batch_size, sampler=EpochSampler(len(items), 0), collate_fn=collator)
+
+
+def epoch_rate(run: TrainingRun, loader: DataLoader, trained: int, device) -> float:
+    """`trained` (images or pairs) per second of one training pass over `loader`."""
+    return trained / seconds(lambda: [run.step(batch) for batch in loader], device)
+
+
 def ved_decoder_alone(bench: Bench, split, batch_size: int):
     """VED with its frozen encoder's outputs for every batch computed beforehand: what is left of VED's frozen-encoder
     step without the encoder and the images, i.e. its decoder's training alone (captions collated beforehand too).
     Its rate over VED's is the most that anything on the encoder side (a feature cache included) can gain VED:
     Amdahl's ceiling. captioner's own decoder is the same arithmetic with GPT-2's GELU fused (faster), and its cached
     epoch also collates captions and reads the cache, so it is a reference point, not an exact bound for captioner."""
-    ved = build_model(VED, bench).train()
-    ved.encoder.requires_grad_(False)
-    ved.encoder.eval()
-    loader = DataLoader(split, batch_size, sampler=EpochSampler(len(split), 0), collate_fn=bench.collator())
+    ved = frozen_ved(bench)
     batches = []
     with torch.no_grad():
-        for batch in loader:
+        for batch in epoch_loader(split, batch_size, bench.collator()):
             batch = to_device(batch, bench.device)  # once, here: the timed steps move nothing
             batches.append((batch, ved.encoder(pixel_values=batch["pixel_values"]).last_hidden_state))
     run = TrainingRun(ved, bench)
@@ -150,35 +166,23 @@ def frozen_rows(bench: Bench, repeats: int, images: int, batch_size: int, varian
     the ceiling (`ved_decoder_alone`). With `variants`, also captioner's Transformer decoder with the cache and
     captioner without the cache (where it computes the encoder as VED does)."""
     split = bench.splits["train"].subset(range(images))
-    ved = build_model(VED, bench).train()
-    ved.encoder.requires_grad_(False)
-    ved.encoder.eval()
     label = f"{bench.preset}, batch {batch_size}"
     with tempfile.TemporaryDirectory() as workdir:
         runs = {"captioner+cache": frozen_captioner(CAPTIONER, bench, split, Path(workdir) / CAPTIONER)}
         if variants:
             runs["transformer+cache"] = frozen_captioner(TRANSFORMER, bench, split, Path(workdir) / TRANSFORMER)
             runs["captioner, no cache"] = frozen_captioner(CAPTIONER, bench, split, None)
-        runs["ved"] = (TrainingRun(ved, bench), split)
-        loaders = {
-            name: (
-                run,
-                DataLoader(items, batch_size, sampler=EpochSampler(len(items), 0), collate_fn=bench.collator()),
-            )
+        runs["ved"] = (TrainingRun(frozen_ved(bench), bench), split)
+        measures = {
+            name: partial(epoch_rate, run, epoch_loader(items, batch_size, bench.collator()), len(split), bench.device)
             for name, (run, items) in runs.items()
         }
-
-        def epoch_rate(name: str) -> float:
-            run, loader = loaders[name]
-            return len(split) / seconds(lambda: [run.step(batch) for batch in loader], bench.device)
-
         # The first epoch fills the caches (and trains, as in train.py) and warms up the others.
-        first = {name: epoch_rate(name) for name in loaders}
-        for run, _ in loaders.values():
+        first = {name: measure() for name, measure in measures.items()}
+        for run, _ in runs.values():
             if run.cache is not None:
                 run.cache.flush()
                 assert run.cache.complete, "the first frozen epoch must fill the feature cache"
-        measures = {name: partial(epoch_rate, name) for name in loaders}
         measures["ved, decoder alone"] = ved_decoder_alone(bench, split, batch_size)
         measures["ved, decoder alone"]()  # warm-up
         rates = interleaved(measures, repeats)
@@ -202,41 +206,27 @@ def pair_rows(bench: Bench, repeats: int, images: int, batch_size: int) -> list[
     split = bench.splits["train"].subset(range(images))
     per_image = min(len(record.captions) for record in split.records)
     pairs_per_step = per_image * max(1, batch_size // per_image)
-    ved = build_model(VED, bench).train()
-    ved.encoder.requires_grad_(False)
-    ved.encoder.eval()
     pairs = CaptionPairs(split)
     with tempfile.TemporaryDirectory() as workdir:
         run, items = frozen_captioner(CAPTIONER, bench, split, Path(workdir) / CAPTIONER)
-        loaders = {
-            "captioner": (
-                run,
-                DataLoader(
-                    items,
-                    pairs_per_step // per_image,
-                    sampler=EpochSampler(len(items), 0),
-                    collate_fn=bench.collator(captions_per_image=per_image),
-                ),
-            ),
-            "ved": (
-                TrainingRun(ved, bench),
-                DataLoader(pairs, pairs_per_step, sampler=EpochSampler(len(pairs), 0), collate_fn=bench.collator()),
-            ),
-        }
-
+        grouped = epoch_loader(items, pairs_per_step // per_image, bench.collator(captions_per_image=per_image))
         # Pairs trained on per epoch: all of them for VED; per_image of each image for captioner (equal when every
         # image has per_image references, as in the synthetic dataset).
-        trained = {"captioner": len(split) * per_image, "ved": len(pairs)}
-
-        def pair_rate(name: str) -> float:
-            run, loader = loaders[name]
-            return trained[name] / seconds(lambda: [run.step(batch) for batch in loader], bench.device)
-
-        for name in loaders:  # fills captioner's cache, warms VED up
-            pair_rate(name)
+        measures = {
+            "captioner": partial(epoch_rate, run, grouped, len(split) * per_image, bench.device),
+            "ved": partial(
+                epoch_rate,
+                TrainingRun(frozen_ved(bench), bench),
+                epoch_loader(pairs, pairs_per_step, bench.collator()),
+                len(pairs),
+                bench.device,
+            ),
+        }
+        for measure in measures.values():  # fills captioner's cache, warms VED up
+            measure()
         run.cache.flush()
         assert run.cache.complete, "the first epoch must fill the feature cache"
-        rates = interleaved({name: partial(pair_rate, name) for name in loaders}, repeats)
+        rates = interleaved(measures, repeats)
     name = (
         f"frozen-encoder epoch over all pairs, pairs/s ({bench.preset}, {pairs_per_step} pairs a step), "
         f"feature cache + {per_image} captions per image"

@@ -652,18 +652,20 @@ class CaptionerGPT2CrossAttention(GPT2Attention):
         return self.resid_dropout(self.c_proj(attn_output)), attn_weights
 
 
-def fuse_tanh_gelu(module: nn.Module) -> int:
-    """GPT-2's "gelu_new" is the tanh approximation of GELU written as eight elementwise operations, each a pass over
-    the MLP's activations and most of them saving a tensor for backward; `F.gelu(approximate="tanh")` computes the
-    same function in one kernel (equal to float32 rounding, ~1e-6) that saves only its input. Swapped in place: the
-    config still says "gelu_new", so checkpoints stay plain GPT-2 and load anywhere. Returns how many were swapped."""
-    swapped = 0
-    for parent in module.modules():
+def speed_up_gpt2(decoder: nn.Module) -> None:
+    """Swaps, in place and with the same parameters, GPT-2's slow pieces for equal fast ones:
+    - "gelu_new", the tanh approximation of GELU written as eight elementwise operations (each a pass over the MLP's
+      activations, most saving a tensor for backward), for `F.gelu(approximate="tanh")`: the same function in one
+      kernel (equal to float32 rounding, ~1e-6) that saves only its input;
+    - the cross-attention class, for `CaptionerGPT2CrossAttention` (one copy of each image for all its captions).
+    The config still says "gelu_new" and the state dict is unchanged, so checkpoints stay plain GPT-2. Other decoders
+    have neither piece and are left as they are."""
+    for parent in decoder.modules():
+        if type(parent) is GPT2Attention and parent.is_cross_attention:
+            parent.__class__ = CaptionerGPT2CrossAttention
         for name, child in parent.named_children():
             if type(child) is NewGELUActivation:
                 setattr(parent, name, GELUTanh())
-                swapped += 1
-    return swapped
 
 
 # Config choice → decoder.
@@ -719,10 +721,7 @@ class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixi
         super().__init__(config)
         self.encoder = CaptionerImageEncoder(config, backbone=vision_model)
         self.decoder = decoder if decoder is not None else DECODER_CLASSES[config.decoder_type](config)
-        fuse_tanh_gelu(self.decoder)
-        for module in self.decoder.modules():
-            if type(module) is GPT2Attention and module.is_cross_attention:
-                module.__class__ = CaptionerGPT2CrossAttention
+        speed_up_gpt2(self.decoder)
         if config.decoder_type == "transformer" and config.tie_word_embeddings:
             self._tied_weights_keys = {"decoder.lm_head.weight": "decoder.embed_tokens.weight"}
         # The sub-models read their configs from ours, so one save holds the single source of truth.
@@ -867,7 +866,7 @@ class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixi
             and config.attention_regularization > 0
             and (labels is not None or (self.training and not use_cache))
         )
-        # GPT-2's cross-attention views its inputs and fails on non-contiguous ones (e.g. expanded for beams).
+        # GPT-2's cross-attention views its inputs and fails on non-contiguous ones (e.g. a caller's expanded tensor).
         encoder_hidden_states = encoder_outputs.last_hidden_state.contiguous()
         # Several captions may read one image (beams, samples, several references): rows i·g … i·g+g-1 read image i.
         groups = caption_groups(decoder_input_ids.shape[0], encoder_hidden_states.shape[0])
