@@ -33,7 +33,7 @@ from captioning.evaluation import generate_captions, write_predictions
 from captioning.feature_cache import FeatureCache, cache_key, cached_vision_features
 from captioning.losses import caption_loss
 from captioning.streaming import StreamCollator, StreamLoader, StreamProgress, format_report, sum_reports
-from captioning.unfreezing import GROUPS, UnfreezingSchedule, optimizer_groups, train_mode
+from captioning.unfreezing import GROUPS, OPTIMIZERS, UnfreezingSchedule, build_adamw, optimizer_groups, train_mode
 from captioning.web_data import STREAM_FORMATS
 from modeling_captioner import (
     DECODER_TYPES,
@@ -100,6 +100,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     optim.add_argument("--per_device_eval_batch_size", type=int, default=64)
     optim.add_argument("--learning_rate", type=float, default=3e-4)
     optim.add_argument("--weight_decay", type=float, default=0.01)
+    optim.add_argument(
+        "--optim",
+        default="adamw_torch_fused",
+        choices=OPTIMIZERS,
+        help="AdamW implementation, as TrainingArguments.optim names them: fused (one kernel for all parameters, "
+        "torch's default where the device has no fused kernel) or torch's default.",
+    )
     optim.add_argument("--lr_scheduler_type", default="inverse_sqrt", choices=SCHEDULERS)
     optim.add_argument("--num_warmup_steps", type=int, default=100)
     optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
@@ -569,7 +576,10 @@ def main(argv=None) -> dict:
             num_workers=args.num_workers,
         )
 
-    optimizer = torch.optim.AdamW(optimizer_groups(model, schedule, args.learning_rate, args.weight_decay))
+    optimizer = build_adamw(
+        optimizer_groups(model, schedule, args.learning_rate, args.weight_decay), accelerator.device, args.optim
+    )
+    logger.info(f"AdamW: {'fused' if optimizer.defaults['fused'] else 'torch default'} ({args.optim} asked)")
     # Each process gets every N-th batch; an epoch whose batches do not divide evenly is topped up with batches
     # from its start (Accelerate's even_batches), so all processes take the same number of steps.
     if streaming:

@@ -15,6 +15,7 @@ from transformers import GPT2LMHeadModel, VisionEncoderDecoderModel, ViTModel, g
 from captioning.collator import CaptionCollator
 from captioning.data import load_caption_splits
 from captioning.losses import caption_loss
+from captioning.unfreezing import build_adamw
 from modeling_captioner import (
     CaptionerConfig,
     CaptionerForConditionalGeneration,
@@ -133,13 +134,14 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 class TrainingRun:
     """One model's optimizer and training step, taken as train.py takes it for every model alike: step_inputs →
-    forward (fp16 autocast on a GPU) → caption_loss (label smoothing 0.1) → backward → clip to norm 1 → AdamW.
+    forward (fp16 autocast on a GPU) → caption_loss (label smoothing 0.1) → backward → clip to norm 1 → fused AdamW.
     `cache` is captioner's feature cache while its backbone is frozen."""
 
     def __init__(self, model, bench: Bench, learning_rate: float = 1e-3, warmup_steps: int | None = None, cache=None):
         self.model, self.bench, self.cache = model, bench, cache
         self.parameters = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.parameters, lr=learning_rate, weight_decay=0.01)
+        # train.py's AdamW and the Trainer's default (VED's training scripts): fused where the device has the kernel.
+        self.optimizer = build_adamw(self.parameters, bench.device, lr=learning_rate, weight_decay=0.01)
         self.scheduler = None
         if warmup_steps is not None:
             self.scheduler = get_scheduler("inverse_sqrt", self.optimizer, num_warmup_steps=warmup_steps)

@@ -7,7 +7,14 @@ from conftest import tiny_model
 
 from captioning.feature_cache import FeatureCache, cache_key, cached_vision_features
 from captioning.losses import caption_loss
-from captioning.unfreezing import GROUPS, UnfreezingSchedule, parameter_group, train_mode
+from captioning.unfreezing import (
+    GROUPS,
+    UnfreezingSchedule,
+    build_adamw,
+    optimizer_groups,
+    parameter_group,
+    train_mode,
+)
 
 
 @pytest.mark.parametrize("decoder", ["transformer", "gpt2"])
@@ -54,6 +61,50 @@ def test_schedule_applies_requires_grad_and_keeps_frozen_batchnorm_in_eval(token
     train_mode(model, groups)
     assert model.encoder.backbone.training and all(p.requires_grad for p in model.parameters())
     assert "stage 2 from epoch 2" in schedule.describe(model) and "frozen: encoder" in schedule.describe(model)
+
+
+def test_fused_adamw_takes_the_same_steps_as_torch_default(tokenizer):
+    """train.py's AdamW (fused where the device has the kernel) over optimizer_groups, frozen groups included: the
+    same updates as torch's default implementation, per-group learning rates and weight decay kept."""
+    models = [tiny_model("vit", "gpt2", tokenizer) for _ in range(2)]
+    schedule = UnfreezingSchedule.parse("bridge,cross_attention,decoder@0;encoder@1")
+    schedule.lr_scales["decoder"] = 0.5
+    optimizers = {}
+    for model, optim in zip(models, ("adamw_torch_fused", "adamw_torch"), strict=True):
+        schedule.apply(model, 0)
+        optimizers[optim] = build_adamw(optimizer_groups(model, schedule, 1e-2, 0.1), torch.device("cpu"), optim)
+    assert optimizers["adamw_torch_fused"].defaults["fused"] and not optimizers["adamw_torch"].defaults["fused"]
+    pixel_values, labels = torch.randn(2, 3, 32, 32), torch.tensor([[5, 6, 3], [7, 3, -100]])
+    frozen = {n: p.clone() for n, p in models[0].named_parameters() if not p.requires_grad}
+    # One step: after it, the attention keys' biases (whose gradient is zero but for rounding, softmax being blind
+    # to a shift shared by all keys) would take the two implementations' rounding apart.
+    for model, optimizer in zip(models, optimizers.values(), strict=True):
+        model(pixel_values=pixel_values, labels=labels).loss.backward()
+        optimizer.step()
+    for (name, fused), (_, default) in zip(models[0].named_parameters(), models[1].named_parameters(), strict=True):
+        torch.testing.assert_close(fused, default, msg=name)
+        states = [
+            optimizer.state.get(p, {}) for optimizer, p in zip(optimizers.values(), (fused, default), strict=True)
+        ]
+        assert (
+            states[0].keys()
+            == states[1].keys()
+            == ({"step", "exp_avg", "exp_avg_sq"} if fused.grad is not None else set())
+        )
+        for key in states[0]:
+            torch.testing.assert_close(states[0][key].float(), states[1][key].float())
+    assert all(torch.equal(p, frozen[n]) for n, p in models[0].named_parameters() if n in frozen)
+    assert {g["lr"] for g in optimizers["adamw_torch_fused"].param_groups} == {1e-2, 5e-3}
+
+
+def test_adamw_without_a_fused_kernel_falls_back_and_bad_names_are_refused():
+    layer = torch.nn.Linear(2, 2)
+    # Generators inside groups are read once, for the check and for torch.
+    groups = [{"params": (p for p in layer.parameters()), "lr": 0.1}]
+    assert build_adamw(groups, torch.device("cpu")).param_groups[0]["params"] == list(layer.parameters())
+    assert not build_adamw(layer.parameters(), torch.device("meta")).defaults["fused"]
+    with pytest.raises(ValueError, match="Unknown optimizer 'sgd'"):
+        build_adamw(layer.parameters(), torch.device("cpu"), "sgd")
 
 
 @pytest.mark.parametrize(
