@@ -1,11 +1,12 @@
 """captioner against 🤗 VisionEncoderDecoderModel (VED) in one run, on the built-in synthetic dataset, with the same ViT
 and GPT-2 configs inside both (and captioner's own Transformer decoder at equal parameter count as extra rows):
 training throughput and peak memory, generation throughput and latency, test CIDEr-D / BLEU-4 after equal
-wall-clock training, and a frozen-encoder epoch with captioner's feature cache against VED with a frozen encoder.
+wall-clock training, and frozen-encoder epochs with captioner's feature cache against VED with a frozen encoder, in
+both frozen-encoder stages of the ViT + GPT-2 recipe (cross-attention alone, then GPT-2 with it).
 
     python bench/bench_vs_ved.py [--repeats 5] [--minutes 2] [--batch_sizes 32 64] [--device auto] [--quick]
                                  [--parts training memory generation quality frozen] [--preset small]
-                                 [--frozen_presets small vit-gpt2]
+                                 [--frozen_presets small vit-gpt2] [--frozen_stages decoder cross_attention]
                                  [--threads N] [--profile] [--output FILE.json]
 
 Every row is captioner / VED with its spread: speed rows pair repeat i of both models (they run alternately) and
@@ -48,7 +49,7 @@ from bench.ved_matched import (  # noqa: E402
     seconds,
     spread,
 )
-from bench.ved_training import frozen_rows, pair_rows, quality_rows  # noqa: E402
+from bench.ved_training import STAGES, frozen_rows, pair_rows, quality_rows  # noqa: E402
 
 PARTS = ("training", "memory", "generation", "quality", "frozen")
 # Two steps: the first creates AdamW's state, the second trains with it.
@@ -305,6 +306,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         "vit-gpt2 checkpoint's architecture, where the frozen encoder is a realistic share of the step).",
     )
     parser.add_argument(
+        "--frozen_stages",
+        nargs="+",
+        default=list(STAGES),
+        choices=list(STAGES),
+        help="Frozen-encoder stages of the ViT + GPT-2 recipe to measure: decoder (GPT-2 and its cross-attention "
+        "train) and cross_attention (only the cross-attention trains).",
+    )
+    parser.add_argument(
         "--frozen_pair_images",
         type=int,
         default=8,
@@ -409,18 +418,20 @@ def main(argv=None) -> dict:
             else:
                 images, batch_size, variants = args.frozen_large_images, 16, False
                 frozen_bench = build_bench(preset, (images, 1, 4), args.device)
-            frozen, fill = frozen_rows(frozen_bench, args.repeats, images, batch_size, variants)
-            rows += frozen
-            pair_images = images if preset == args.preset else args.frozen_pair_images
-            rows += pair_rows(frozen_bench, args.repeats, min(images, pair_images), batch_size)
-            results["cache_fill"][preset] = fill
-            vit, gpt2 = frozen_bench.config.vision_config, frozen_bench.config.text_config
-            print(
-                f"# frozen ({preset}): ViT {vit.image_size}px/{vit.patch_size}, hidden {vit.hidden_size}, "
-                f"{vit.num_hidden_layers} layers; GPT-2 n_embd {gpt2.n_embd}, {gpt2.n_layer} layers; {images} images, "
-                f"batch {batch_size}; decoder, cross-attention (and bridge) train; the epoch that filled the cache ran at "
-                f"{fill['fill_epoch_images_per_second']:.1f} img/s"
-            )
+            pair_images = min(images, images if preset == args.preset else args.frozen_pair_images)
+            for stage in args.frozen_stages:
+                # The variants (no cache, captioner's Transformer decoder) once, in the recipe's second stage.
+                stage_variants = variants and stage == "decoder"
+                frozen, fill = frozen_rows(frozen_bench, args.repeats, images, batch_size, stage_variants, stage)
+                rows += frozen + pair_rows(frozen_bench, args.repeats, pair_images, batch_size, stage)
+                results["cache_fill"][f"{preset}, {stage}"] = fill
+                vit, gpt2 = frozen_bench.config.vision_config, frozen_bench.config.text_config
+                print(
+                    f"# frozen ({preset}, {STAGES[stage][1]}): ViT {vit.image_size}px/{vit.patch_size}, hidden "
+                    f"{vit.hidden_size}, {vit.num_hidden_layers} layers; GPT-2 n_embd {gpt2.n_embd}, {gpt2.n_layer} "
+                    f"layers; {images} images, batch {batch_size}; the epoch that filled the cache ran at "
+                    f"{fill['fill_epoch_images_per_second']:.1f} img/s"
+                )
     results["rows"] = rows
     print(format_table(rows))
     if args.profile:

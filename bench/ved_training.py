@@ -113,11 +113,19 @@ def quality_rows(bench: Bench, minutes: float, batch_size: int, runs: int, beams
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def frozen_captioner(name: str, bench: Bench, split, workdir: Path | None) -> tuple[TrainingRun, object]:
-    """train.py's frozen-encoder stage: bridge, cross-attention and decoder train; with a `workdir`, the backbone's
-    features come from a FeatureCache (filled during the first epoch)."""
+# The frozen-encoder stages of the ViT + GPT-2 recipe (cross-attention first, then GPT-2 with it; the encoder last):
+# name → (train.py's --unfreeze_schedule for captioner, what trains).
+STAGES = {
+    "decoder": ("bridge,cross_attention,decoder@0", "decoder + cross-attention train"),
+    "cross_attention": ("bridge,cross_attention@0", "cross-attention trains"),
+}
+
+
+def frozen_captioner(name: str, bench: Bench, split, workdir: Path | None, stage: str = "decoder"):
+    """train.py's frozen-encoder `stage` (STAGES): the stage's groups train; with a `workdir`, the backbone's features
+    come from a FeatureCache (filled during the first epoch). Returns the TrainingRun and the items to load."""
     model = build_model(name, bench)
-    schedule = UnfreezingSchedule.parse("bridge,cross_attention,decoder@0")
+    schedule = UnfreezingSchedule.parse(STAGES[stage][0])
     train_mode(model, schedule.apply(model, 0))
     if workdir is None:
         return TrainingRun(model, bench), split
@@ -126,12 +134,16 @@ def frozen_captioner(name: str, bench: Bench, split, workdir: Path | None) -> tu
     return TrainingRun(model, bench, cache=cache), CachedFeatures(split, cache)
 
 
-def frozen_ved(bench: Bench):
-    """VisionEncoderDecoderModel in a frozen-encoder stage: encoder without gradients and in eval mode, decoder
-    training."""
+def frozen_ved(bench: Bench, stage: str = "decoder"):
+    """VisionEncoderDecoderModel in a frozen-encoder `stage`: encoder without gradients and in eval mode; the decoder
+    training, all of it or (stage "cross_attention") only its cross-attention blocks, the parameters captioner's
+    "cross_attention" group holds in the same GPT-2."""
     ved = build_model(VED, bench).train()
     ved.encoder.requires_grad_(False)
     ved.encoder.eval()
+    if stage == "cross_attention":
+        for name, parameter in ved.decoder.named_parameters():
+            parameter.requires_grad_(".crossattention." in name or ".ln_cross_attn." in name)
     return ved
 
 
@@ -145,13 +157,13 @@ def epoch_rate(run: TrainingRun, loader: DataLoader, trained: int, device) -> fl
     return trained / seconds(lambda: [run.step(batch) for batch in loader], device)
 
 
-def ved_decoder_alone(bench: Bench, split, batch_size: int):
+def ved_decoder_alone(bench: Bench, split, batch_size: int, stage: str = "decoder"):
     """VED with its frozen encoder's outputs for every batch computed beforehand: what is left of VED's frozen-encoder
     step without the encoder and the images, i.e. its decoder's training alone (captions collated beforehand too).
     Its rate over VED's is the most that anything on the encoder side (a feature cache included) can gain VED:
     Amdahl's ceiling. captioner's own decoder is the same arithmetic with GPT-2's GELU fused (faster), and its cached
     epoch also collates captions and reads the cache, so it is a reference point, not an exact bound for captioner."""
-    ved = frozen_ved(bench)
+    ved = frozen_ved(bench, stage)
     batches = []
     with torch.no_grad():
         for batch in epoch_loader(split, batch_size, bench.collator()):
@@ -161,18 +173,20 @@ def ved_decoder_alone(bench: Bench, split, batch_size: int):
     return lambda: len(split) / seconds(lambda: [run.step(batch, hidden) for batch, hidden in batches], bench.device)
 
 
-def frozen_rows(bench: Bench, repeats: int, images: int, batch_size: int, variants: bool = True):
-    """A frozen-encoder epoch of captioner reading its feature cache against VED computing its frozen encoder, and
-    the ceiling (`ved_decoder_alone`). With `variants`, also captioner's Transformer decoder with the cache and
-    captioner without the cache (where it computes the encoder as VED does)."""
+def frozen_rows(
+    bench: Bench, repeats: int, images: int, batch_size: int, variants: bool = True, stage: str = "decoder"
+):
+    """A frozen-encoder epoch (one caption per image) of captioner reading its feature cache against VED computing
+    its frozen encoder, and the ceiling (`ved_decoder_alone`), in `stage`. With `variants`, also captioner's
+    Transformer decoder with the cache and captioner without the cache (where it computes the encoder as VED does)."""
     split = bench.splits["train"].subset(range(images))
-    label = f"{bench.preset}, batch {batch_size}"
+    label = f"{bench.preset}, batch {batch_size}; {STAGES[stage][1]}"
     with tempfile.TemporaryDirectory() as workdir:
-        runs = {"captioner+cache": frozen_captioner(CAPTIONER, bench, split, Path(workdir) / CAPTIONER)}
+        runs = {"captioner+cache": frozen_captioner(CAPTIONER, bench, split, Path(workdir) / CAPTIONER, stage)}
         if variants:
-            runs["transformer+cache"] = frozen_captioner(TRANSFORMER, bench, split, Path(workdir) / TRANSFORMER)
-            runs["captioner, no cache"] = frozen_captioner(CAPTIONER, bench, split, None)
-        runs["ved"] = (TrainingRun(frozen_ved(bench), bench), split)
+            runs["transformer+cache"] = frozen_captioner(TRANSFORMER, bench, split, Path(workdir) / TRANSFORMER, stage)
+            runs["captioner, no cache"] = frozen_captioner(CAPTIONER, bench, split, None, stage)
+        runs["ved"] = (TrainingRun(frozen_ved(bench, stage), bench), split)
         measures = {
             name: partial(epoch_rate, run, epoch_loader(items, batch_size, bench.collator()), len(split), bench.device)
             for name, (run, items) in runs.items()
@@ -183,7 +197,7 @@ def frozen_rows(bench: Bench, repeats: int, images: int, batch_size: int, varian
             if run.cache is not None:
                 run.cache.flush()
                 assert run.cache.complete, "the first frozen epoch must fill the feature cache"
-        measures["ved, decoder alone"] = ved_decoder_alone(bench, split, batch_size)
+        measures["ved, decoder alone"] = ved_decoder_alone(bench, split, batch_size, stage)
         measures["ved, decoder alone"]()  # warm-up
         rates = interleaved(measures, repeats)
     name = f"frozen-encoder epoch img/s ({label})"
@@ -194,12 +208,17 @@ def frozen_rows(bench: Bench, repeats: int, images: int, batch_size: int, varian
     ceiling = make_row("frozen", f"{name}: ceiling, VED decoder alone", rates["ved, decoder alone"], rates["ved"])
     ceiling["model"] = "ved, decoder alone"
     rows.append(ceiling)
-    fill = {"fill_epoch_images_per_second": first["captioner+cache"], "images": len(split), "batch_size": batch_size}
+    fill = {
+        "fill_epoch_images_per_second": first["captioner+cache"],
+        "images": len(split),
+        "batch_size": batch_size,
+        "stage": stage,
+    }
     return rows, fill
 
 
-def pair_rows(bench: Bench, repeats: int, images: int, batch_size: int) -> list[dict]:
-    """A frozen-encoder epoch over every (image, caption) pair: VED, as its training scripts iterate over pairs, computes
+def pair_rows(bench: Bench, repeats: int, images: int, batch_size: int, stage: str = "decoder") -> list[dict]:
+    """A frozen-encoder epoch over every (image, caption) pair, in `stage`: VED, as its training scripts iterate over pairs, computes
     its frozen encoder for each pair (`CaptionPairs`); captioner reads each image's features once from its cache and
     trains all of the image's captions in the same batch (train.py's --captions_per_image), so one copy of the
     image's cross-attention keys and values serves them all. Both take the same number of pairs per step."""
@@ -208,7 +227,7 @@ def pair_rows(bench: Bench, repeats: int, images: int, batch_size: int) -> list[
     pairs_per_step = per_image * max(1, batch_size // per_image)
     pairs = CaptionPairs(split)
     with tempfile.TemporaryDirectory() as workdir:
-        run, items = frozen_captioner(CAPTIONER, bench, split, Path(workdir) / CAPTIONER)
+        run, items = frozen_captioner(CAPTIONER, bench, split, Path(workdir) / CAPTIONER, stage)
         grouped = epoch_loader(items, pairs_per_step // per_image, bench.collator(captions_per_image=per_image))
         # Pairs trained on per epoch: all of them for VED; per_image of each image for captioner (equal when every
         # image has per_image references, as in the synthetic dataset).
@@ -216,7 +235,7 @@ def pair_rows(bench: Bench, repeats: int, images: int, batch_size: int) -> list[
             "captioner": partial(epoch_rate, run, grouped, len(split) * per_image, bench.device),
             "ved": partial(
                 epoch_rate,
-                TrainingRun(frozen_ved(bench), bench),
+                TrainingRun(frozen_ved(bench, stage), bench),
                 epoch_loader(pairs, pairs_per_step, bench.collator()),
                 len(pairs),
                 bench.device,
@@ -228,7 +247,7 @@ def pair_rows(bench: Bench, repeats: int, images: int, batch_size: int) -> list[
         assert run.cache.complete, "the first epoch must fill the feature cache"
         rates = interleaved(measures, repeats)
     name = (
-        f"frozen-encoder epoch over all pairs, pairs/s ({bench.preset}, {pairs_per_step} pairs a step), "
-        f"feature cache + {per_image} captions per image"
+        f"frozen-encoder epoch over all pairs, pairs/s ({bench.preset}, {pairs_per_step} pairs a step; "
+        f"{STAGES[stage][1]}), feature cache + {per_image} captions per image"
     )
     return [make_row("frozen", name, rates["captioner"], rates["ved"], FROZEN_TARGET)]

@@ -14,7 +14,7 @@ from bench.bench_vs_ved import (
     training_rows,
 )
 from bench.ved_matched import CAPTIONER, MODELS, TRANSFORMER, VED, build_bench, build_model, parameter_counts
-from bench.ved_training import frozen_rows, pair_rows, quality_rows
+from bench.ved_training import STAGES, frozen_captioner, frozen_rows, frozen_ved, pair_rows, quality_rows
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +43,9 @@ def test_every_part_gives_rows(bench):
     frozen, fill = frozen_rows(bench, repeats=1, images=8, batch_size=4)
     rows += frozen
     (pairs,) = pair_rows(bench, repeats=1, images=4, batch_size=10)
-    assert "(tiny, 10 pairs a step), feature cache + 5 captions per image" in pairs["row"] and pairs["ratio"] > 0
-    assert [row["row"].split("batch 4)")[1] for row in frozen] == [
+    assert "(tiny, 10 pairs a step; decoder + cross-attention train), feature cache + 5 captions" in pairs["row"]
+    assert pairs["ratio"] > 0
+    assert [row["row"].split("batch 4; decoder + cross-attention train)")[1] for row in frozen] == [
         ", feature cache",
         ", feature cache [transformer]",
         ", no cache",
@@ -56,6 +57,28 @@ def test_every_part_gives_rows(bench):
     assert {score[0]["steps"] > 0 for score in scores.values()} == {True}
     assert fill["images"] == 8
     assert "ratio (median, range)" in format_table(rows)
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_frozen_stages_train_the_same_parameters(bench, stage):
+    run, _ = frozen_captioner(CAPTIONER, bench, bench.splits["train"], None, stage)
+    ved = frozen_ved(bench, stage)
+    trained = sum(p.numel() for p in run.parameters)
+    assert trained == sum(p.numel() for p in ved.parameters() if p.requires_grad)
+    assert not any(p.requires_grad for p in ved.encoder.parameters()) and not ved.encoder.training
+    decoder = sum(p.numel() for p in ved.decoder.parameters())
+    assert (trained == decoder) == (stage == "decoder") and 0 < trained <= decoder
+
+
+def test_cross_attention_stage_rows(bench):
+    frozen, _ = frozen_rows(bench, repeats=1, images=8, batch_size=4, variants=False, stage="cross_attention")
+    (pairs,) = pair_rows(bench, repeats=1, images=4, batch_size=10, stage="cross_attention")
+    assert [row["row"].split("batch 4; cross-attention trains)")[1] for row in frozen] == [
+        ", feature cache",
+        ": ceiling, VED decoder alone",
+    ]
+    assert "cross-attention trains), feature cache + 5 captions per image" in pairs["row"]
+    assert all(row["ratio"] > 0 for row in frozen + [pairs])
 
 
 def test_training_memory(bench):
