@@ -29,7 +29,7 @@ def measure(preset: str, mode: str, images: int, batch_size: int, repeats: int, 
     from captioning.data import load_caption_splits
     from captioning.feature_cache import FeatureCache, cache_key
     from captioning.losses import caption_loss
-    from captioning.unfreezing import UnfreezingSchedule, train_mode
+    from captioning.unfreezing import UnfreezingSchedule, build_adamw, train_mode
     from modeling_captioner import (
         CaptionerConfig,
         CaptionerForConditionalGeneration,
@@ -48,7 +48,7 @@ def measure(preset: str, mode: str, images: int, batch_size: int, repeats: int, 
     schedule = UnfreezingSchedule.parse(text)
     groups = schedule.apply(model, 0)
     train_mode(model, groups)
-    optimizer = torch.optim.AdamW(optimizer_groups(model, schedule, 3e-4, 0.01))
+    optimizer = build_adamw(optimizer_groups(model, schedule, 3e-4, 0.01), torch.device("cpu"))
     items, cache = split, None
     if mode == "cached":
         cache = FeatureCache(workdir, cache_key(model.encoder.backbone, processor.image_processor, preset), len(split))
