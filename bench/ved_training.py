@@ -218,10 +218,11 @@ def frozen_rows(
 
 
 def pair_rows(bench: Bench, repeats: int, images: int, batch_size: int, stage: str = "decoder") -> list[dict]:
-    """A frozen-encoder epoch over every (image, caption) pair, in `stage`: VED, as its training scripts iterate over pairs, computes
-    its frozen encoder for each pair (`CaptionPairs`); captioner reads each image's features once from its cache and
-    trains all of the image's captions in the same batch (train.py's --captions_per_image), so one copy of the
-    image's cross-attention keys and values serves them all. Both take the same number of pairs per step."""
+    """A frozen-encoder epoch over every (image, caption) pair, in `stage`: VED, as its training scripts iterate over
+    pairs, computes its frozen encoder for each pair (`CaptionPairs`); captioner reads each image's features once
+    from its cache and trains all of the image's captions in the same batch (train.py's --captions_per_image), so one
+    copy of the image's cross-attention keys and values serves them all. Both take the same number of pairs per
+    step."""
     split = bench.splits["train"].subset(range(images))
     per_image = min(len(record.captions) for record in split.records)
     pairs_per_step = per_image * max(1, batch_size // per_image)

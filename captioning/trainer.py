@@ -139,7 +139,7 @@ class CaptionTrainingCallback(TrainerCallback):
     Resuming from a checkpoint (`trainer.train(resume_from_checkpoint=...)`) resumes in the checkpoint's stage.
     Frozen parameters get no gradient, so the Trainer's optimizer (built over every parameter) leaves them unchanged
     until their stage; for per-group learning rates (`schedule.lr_scales`) pass
-    `optimizers=(torch.optim.AdamW(captioning.unfreezing.optimizer_groups(...)), None)`.
+    `optimizers=(captioning.unfreezing.build_adamw(captioning.unfreezing.optimizer_groups(...), device), None)`.
 
     Args:
         collator (`CaptionCollator`, *optional*): the Trainer's data collator.
