@@ -33,7 +33,15 @@ from captioning.evaluation import generate_captions, write_predictions
 from captioning.feature_cache import FeatureCache, cache_key, cached_vision_features
 from captioning.losses import caption_loss
 from captioning.streaming import StreamCollator, StreamLoader, StreamProgress, format_report, sum_reports
-from captioning.unfreezing import GROUPS, OPTIMIZERS, UnfreezingSchedule, build_adamw, optimizer_groups, train_mode
+from captioning.unfreezing import (
+    GROUPS,
+    OPTIMIZERS,
+    UnfreezingSchedule,
+    adamw_implementation,
+    build_adamw,
+    optimizer_groups,
+    train_mode,
+)
 from captioning.web_data import STREAM_FORMATS
 from modeling_captioner import (
     DECODER_TYPES,
@@ -577,9 +585,11 @@ def main(argv=None) -> dict:
         )
 
     optimizer = build_adamw(
-        optimizer_groups(model, schedule, args.learning_rate, args.weight_decay), accelerator.device, args.optim
+        optimizer_groups(model, schedule, args.learning_rate, args.weight_decay),
+        accelerator.device,
+        args.optim,
+        loss_scaling=accelerator.scaler is not None,
     )
-    logger.info(f"AdamW: {'fused' if optimizer.defaults['fused'] else 'torch default'} ({args.optim} asked)")
     # Each process gets every N-th batch; an epoch whose batches do not divide evenly is topped up with batches
     # from its start (Accelerate's even_batches), so all processes take the same number of steps.
     if streaming:
@@ -649,6 +659,9 @@ def main(argv=None) -> dict:
             accelerator.load_state(str(path))
             state = {"stream": None, "downloads": [], **saved, "num_processes": accelerator.num_processes}
             logger.info(f"resumed from {path}: epoch {state['epoch']}, step {state['completed_steps']}")
+    # What runs: --optim, except with fp16 loss scaling (build_adamw) or after a resume (the checkpoint's).
+    why = ", fp16 loss scaling" if accelerator.scaler is not None else ""
+    logger.info(f"AdamW: {adamw_implementation(optimizer)} (--optim {args.optim}{why}; a resumed run keeps its own)")
 
     unwrapped = accelerator.unwrap_model(model)
     checkpoint_every = None if args.checkpointing_steps == "epoch" else int(args.checkpointing_steps)

@@ -143,27 +143,41 @@ def optimizer_groups(model: nn.Module, schedule: UnfreezingSchedule, learning_ra
     ]
 
 
-def build_adamw(groups, device: torch.device, optim: str = "adamw_torch_fused", **defaults) -> torch.optim.AdamW:
+def build_adamw(
+    groups, device: torch.device, optim: str = "adamw_torch_fused", loss_scaling: bool = False, **defaults
+) -> torch.optim.AdamW:
     """
     AdamW over `groups` (parameters or `optimizer_groups`), for parameters that will train on `device`; `defaults`
     (lr, weight_decay, ...) go to torch.optim.AdamW.
 
     "adamw_torch_fused", the Trainer's default too, updates all parameters in one fused kernel per step: the same
     arithmetic as torch's default implementation, which on a CPU loops over the tensors with eight operations each (for
-    ViT-GPT-2's 114M decoder parameters on two CPU cores, 61 ms a step against 344 ms). Where torch has no fused
-    kernel for `device` (or a parameter is not floating point), torch's default is used instead. "adamw_torch" is
-    torch's default: a for-each loop on GPUs, a per-tensor loop on CPUs.
+    ViT-GPT-2's 114M decoder parameters on two CPU cores, 61 ms a step against 344 ms). torch's default is used
+    instead where torch has no fused kernel for `device` (or a parameter is not floating point), and with
+    `loss_scaling` (fp16 with a GradScaler): Accelerate holds the learning-rate schedule back on a step whose
+    gradients overflowed only when the scaler skips `optimizer.step()`, and with a fused optimizer the scaler calls it
+    every time and lets the kernel skip, so the schedule would run ahead (huggingface/accelerate#4242).
+    "adamw_torch" is torch's default: a for-each loop on GPUs, a per-tensor loop on CPUs.
     """
     if optim not in OPTIMIZERS:
         raise ValueError(f"Unknown optimizer {optim!r}; expected one of {OPTIMIZERS}.")
+    if isinstance(groups, torch.Tensor):
+        raise TypeError("build_adamw takes an iterable of parameters or of parameter groups, not a tensor.")
     groups = [dict(group, params=_as_list(group["params"])) if isinstance(group, dict) else group for group in groups]
     parameters = [p for group in groups for p in (group["params"] if isinstance(group, dict) else [group])]
     fused = (
         optim == "adamw_torch_fused"
+        and not loss_scaling
         and device.type in _get_fused_kernels_supported_devices()
         and all(torch.is_floating_point(p) for p in parameters)
     )
     return torch.optim.AdamW(groups, fused=fused or None, **defaults)
+
+
+def adamw_implementation(optimizer: torch.optim.Optimizer) -> str:
+    """ "fused" or "torch default": what the optimizer runs now. Loading a state dict takes this from the checkpoint's
+    parameter groups, so a resumed run continues with the implementation it was saved with."""
+    return "fused" if optimizer.param_groups[0].get("fused") else "torch default"
 
 
 def _as_list(params) -> list:

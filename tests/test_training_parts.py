@@ -10,6 +10,7 @@ from captioning.losses import caption_loss
 from captioning.unfreezing import (
     GROUPS,
     UnfreezingSchedule,
+    adamw_implementation,
     build_adamw,
     optimizer_groups,
     parameter_group,
@@ -97,6 +98,41 @@ def test_fused_adamw_takes_the_same_steps_as_torch_default(tokenizer):
     assert {g["lr"] for g in optimizers["adamw_torch_fused"].param_groups} == {1e-2, 5e-3}
 
 
+def test_adamw_with_fp16_loss_scaling_lets_accelerate_see_skipped_steps():
+    """Accelerate holds the LR schedule on an overflowed fp16 step only if the GradScaler skips optimizer.step(); it
+    calls a fused optimizer's step every time (the kernel skips itself), so train.py's AdamW is unfused there."""
+    from accelerate import Accelerator
+    from accelerate.optimizer import AcceleratedOptimizer
+    from conftest import reset_accelerator_state
+
+    Accelerator(cpu=True)
+    try:
+        parameter = torch.nn.Parameter(torch.ones(3))
+        adamw = build_adamw([parameter], torch.device("cpu"), loss_scaling=True, lr=0.1)
+        assert adamw_implementation(adamw) == "torch default"
+        scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+        optimizer = AcceleratedOptimizer(adamw, device_placement=False, scaler=scaler)
+        for factor, skipped in ((float("inf"), True), (1.0, False)):
+            scaler.scale((parameter * torch.tensor([1.0, factor, 1.0])).sum()).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            assert optimizer.step_was_skipped is skipped
+            assert torch.equal(parameter.detach(), torch.ones(3)) is skipped
+    finally:
+        reset_accelerator_state()
+
+
+def test_a_loaded_state_decides_the_implementation():
+    layer = torch.nn.Linear(2, 2)
+    layer(torch.ones(1, 2)).sum().backward()
+    default = build_adamw(layer.parameters(), torch.device("cpu"), "adamw_torch")
+    default.step()
+    fused = build_adamw(layer.parameters(), torch.device("cpu"))
+    assert adamw_implementation(fused) == "fused"
+    fused.load_state_dict(default.state_dict())
+    assert adamw_implementation(fused) == "torch default"  # as train.py's log says after a resume
+
+
 def test_adamw_without_a_fused_kernel_falls_back_and_bad_names_are_refused():
     layer = torch.nn.Linear(2, 2)
     # Generators inside groups are read once, for the check and for torch.
@@ -105,6 +141,8 @@ def test_adamw_without_a_fused_kernel_falls_back_and_bad_names_are_refused():
     assert not build_adamw(layer.parameters(), torch.device("meta")).defaults["fused"]
     with pytest.raises(ValueError, match="Unknown optimizer 'sgd'"):
         build_adamw(layer.parameters(), torch.device("cpu"), "sgd")
+    with pytest.raises(TypeError, match="not a tensor"):
+        build_adamw(layer.weight, torch.device("cpu"))
 
 
 @pytest.mark.parametrize(
