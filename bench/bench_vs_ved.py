@@ -418,14 +418,14 @@ def main(argv=None) -> dict:
             else:
                 images, batch_size, variants = args.frozen_large_images, 16, False
                 frozen_bench = build_bench(preset, (images, 1, 4), args.device)
-            pair_images = min(images, images if preset == args.preset else args.frozen_pair_images)
+            pair_images = images if preset == args.preset else min(images, args.frozen_pair_images)
+            vit, gpt2 = frozen_bench.config.vision_config, frozen_bench.config.text_config
             for stage in args.frozen_stages:
                 # The variants (no cache, captioner's Transformer decoder) once, in the recipe's second stage.
                 stage_variants = variants and stage == "decoder"
                 frozen, fill = frozen_rows(frozen_bench, args.repeats, images, batch_size, stage_variants, stage)
                 rows += frozen + pair_rows(frozen_bench, args.repeats, pair_images, batch_size, stage)
                 results["cache_fill"][f"{preset}, {stage}"] = fill
-                vit, gpt2 = frozen_bench.config.vision_config, frozen_bench.config.text_config
                 print(
                     f"# frozen ({preset}, {STAGES[stage][1]}): ViT {vit.image_size}px/{vit.patch_size}, hidden "
                     f"{vit.hidden_size}, {vit.num_hidden_layers} layers; GPT-2 n_embd {gpt2.n_embd}, {gpt2.n_layer} "
