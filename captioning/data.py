@@ -18,12 +18,20 @@ import PIL.Image
 import torch
 
 from captioning.synthetic import DEFAULT_SYNTHETIC_IMAGE_SIZE, build_synthetic_splits, render_scene
+from captioning.synthetic_hard import DEFAULT_HARD_IMAGE_SIZE, build_hard_synthetic_splits, render_hard_scene
 from modeling_captioner import load_image
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("synthetic", "flickr8k", "karpathy", "coco", "hf")
 SPLITS = ("train", "validation", "test")
+# The built-in synthetic sets: variant → (split builder, renderer, default image size, smallest image size). "easy":
+# 1–3 shapes of one kind in one region (fast tests, the demo); "hard": 2–5 drawn objects of ten kinds with
+# relations, backgrounds, degradations and five annotator styles (captioning.synthetic_hard).
+SYNTHETIC_VARIANTS = {
+    "easy": (build_synthetic_splits, render_scene, DEFAULT_SYNTHETIC_IMAGE_SIZE, 8),
+    "hard": (build_hard_synthetic_splits, render_hard_scene, DEFAULT_HARD_IMAGE_SIZE, 16),
+}
 # Where no official split exists: train / validation / test shares, Flickr8k's 6000/1000/1000 rounded.
 DEFAULT_SPLIT_FRACTIONS = (0.75, 0.125, 0.125)
 # How many example file names each skip reason keeps for its report.
@@ -426,6 +434,7 @@ def _reject_options(dataset_format: str, options: dict[str, Any], known: Sequenc
 
 def _load_synthetic(
     seed: int,
+    variant: str = "easy",
     sizes: dict[str, int] | tuple[int, int, int] | None = None,
     image_size: int | None = None,
     train_size: int | None = None,
@@ -440,17 +449,21 @@ def _load_synthetic(
                 "Give the synthetic split sizes either as sizes or as train_size/validation_size/test_size."
             )
         sizes = one_by_one
-    image_size = DEFAULT_SYNTHETIC_IMAGE_SIZE if image_size is None else image_size
-    if not isinstance(image_size, int) or image_size < 8:
-        raise ValueError(f"synthetic image_size={image_size!r}: expected a whole number of pixels >= 8.")
-    source = f"built-in synthetic scenes (seed {seed}, {image_size}x{image_size})"
+    if variant not in SYNTHETIC_VARIANTS:
+        raise ValueError(f"synthetic variant={variant!r}: expected one of {', '.join(SYNTHETIC_VARIANTS)}.")
+    build, render, default_size, smallest = SYNTHETIC_VARIANTS[variant]
+    image_size = default_size if image_size is None else image_size
+    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < smallest:
+        raise ValueError(f"synthetic image_size={image_size!r}: expected a whole number of pixels >= {smallest}.")
+    name = "synthetic" if variant == "easy" else f"synthetic-{variant}"
+    source = f"built-in {variant} synthetic scenes (seed {seed}, {image_size}x{image_size})"
     datasets = {}
-    for split, examples in build_synthetic_splits(seed, sizes).items():
+    for split, examples in build(seed, sizes).items():
         records = [
-            CaptionRecord(e.image_id, functools.partial(render_scene, e.scene, image_size), list(e.captions))
+            CaptionRecord(e.image_id, functools.partial(render, e.scene, image_size), list(e.captions))
             for e in examples
         ]
-        datasets[split] = CaptionDataset(records, name="synthetic", split=split, source=source)
+        datasets[split] = CaptionDataset(records, name=name, split=split, source=source)
     return datasets
 
 
@@ -947,9 +960,10 @@ def load_caption_splits(
 
     Args:
         dataset_format (`str`):
-            - `"synthetic"`: the built-in rendered shape scenes (`captioning.synthetic`), drawn in memory. Options:
+            - `"synthetic"`: the built-in rendered scenes, drawn in memory. Options: `variant` (`"easy"`: shape
+              scenes, `captioning.synthetic`; `"hard"`: scenes of drawn objects, `captioning.synthetic_hard`);
               `sizes` (`{"train": 3000, "validation": 250, "test": 250}` or a 3-tuple) or any of `train_size`,
-              `validation_size`, `test_size`; `image_size` (64).
+              `validation_size`, `test_size`; `image_size` (64 easy, 160 hard).
             - `"flickr8k"`: `data_dir` in the Kaggle layout (`captions.txt` + `Images/`) or the original one
               (`Flickr8k.token.txt` + `Flicker8k_Dataset/`, maybe under `Flickr8k_text/`). The official split lists
               `Flickr_8k.{train,dev,test}Images.txt` are used when present, else the images are split by seed.
@@ -997,7 +1011,9 @@ def load_caption_splits(
         return taken
 
     if dataset_format == "synthetic":
-        return _load_synthetic(seed, **take("sizes", "image_size", "train_size", "validation_size", "test_size"))
+        return _load_synthetic(
+            seed, **take("variant", "sizes", "image_size", "train_size", "validation_size", "test_size")
+        )
     if dataset_format == "flickr8k":
         return _load_flickr8k(data_dir, seed, verify_images, **take("images_dir", "split_fractions"))
     if dataset_format == "karpathy":
@@ -1028,6 +1044,13 @@ def add_data_arguments(parser) -> None:
     parser.add_argument("--image_column", default="image")
     parser.add_argument("--caption_column", default="caption")
     parser.add_argument("--synthetic_sizes", default=None, help="Synthetic split sizes TRAIN,VALIDATION,TEST.")
+    parser.add_argument(
+        "--synthetic_variant",
+        default="easy",
+        choices=tuple(SYNTHETIC_VARIANTS),
+        help="easy: 1–3 shapes of one kind (the tests and demo); hard: 2–5 objects of ten kinds with counts, "
+        "relations, backgrounds, noise/blur/JPEG and five annotator styles.",
+    )
     add_web_data_arguments(parser)
 
 
@@ -1059,6 +1082,8 @@ def load_splits_from_args(args, **stream_options) -> dict[str, CaptionDataset]:
     options = {}
     if args.dataset_format == "synthetic" and args.synthetic_sizes:
         options["sizes"] = tuple(int(n) for n in args.synthetic_sizes.split(","))
+    if args.dataset_format == "synthetic":
+        options["variant"] = args.synthetic_variant
     return load_caption_splits(
         args.dataset_format,
         data_dir=args.data_dir,
