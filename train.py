@@ -29,10 +29,12 @@ from transformers import AutoTokenizer, get_scheduler
 from captioning.augmentation import FLIP_MODES, SCHEDULE_KINDS, AugmentationSchedule, ImageAugmentation
 from captioning.collator import CaptionCollator
 from captioning.data import CaptionPairs, add_data_arguments, check_data_arguments, load_splits_from_args
+from captioning.diagnostics import caption_diagnostics, format_diagnostics
 from captioning.evaluation import generate_captions, write_predictions
 from captioning.feature_cache import FeatureCache, cache_key, cached_vision_features
 from captioning.losses import caption_loss
 from captioning.streaming import StreamCollator, StreamLoader, StreamProgress, format_report, sum_reports
+from captioning.time_budget import PLANNED_SCHEDULES, PlannedDecay, TimeBudget
 from captioning.unfreezing import (
     GROUPS,
     OPTIMIZERS,
@@ -95,8 +97,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--max_train_minutes",
         type=float,
         default=None,
-        help="Stop training after this much wall-clock time (then validate, keep the best, score the test split): "
-        "to compare models at equal time.",
+        help="Train for this much wall-clock time, validation included (then score the test split). The run plans "
+        "its steps from the measured step and validation times, so a cosine or linear decay ends at the budget; the "
+        "epoch or step limit still applies if it comes first.",
     )
     optim.add_argument(
         "--per_device_train_batch_size",
@@ -181,7 +184,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     gen.add_argument(
         "--length_penalty", type=float, default=0.6, help="Beam search's length normalisation (1 with --num_beams 1)."
     )
-    gen.add_argument("--max_new_tokens", type=int, default=30)
+    gen.add_argument(
+        "--max_new_tokens",
+        type=max_new_tokens_value,
+        default="auto",
+        help="Caption length limit in tokens; 'auto': the longest training reference and its EOS (a model never "
+        "learned to write longer), within the model's positions.",
+    )
+    gen.add_argument(
+        "--no_repeat_ngram_size",
+        type=int,
+        default=0,
+        help="Never repeat an n-gram of this size within a caption (0: off).",
+    )
+    gen.add_argument(
+        "--repetition_penalty", type=float, default=1.0, help="CTRL's penalty on tokens already generated (1: off)."
+    )
     gen.add_argument("--no_meteor", action="store_true", help="Skip METEOR (its Java scorer takes seconds to start).")
     parser.add_argument("--config", default=None, help="A YAML or JSON file of these arguments (flags override it).")
 
@@ -192,6 +210,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         args = parser.parse_args(argv)
     check_args(args)
     return args
+
+
+def max_new_tokens_value(value: str) -> int | str:
+    if value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of tokens or 'auto', got {value!r}")
+    return int(value)
+
+
+def reference_token_limit(tokenizer, captions: list[str], limit: int) -> int:
+    """The longest caption in tokens, plus its EOS, at most `limit`: what `--max_new_tokens auto` resolves to."""
+    lengths = tokenizer(captions, add_special_tokens=False)["input_ids"]
+    return min(limit, max(len(ids) for ids in lengths) + 1)
 
 
 def read_config_file(path: str, parser: argparse.ArgumentParser) -> dict:
@@ -217,6 +249,11 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size", "num_beams"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name} must be at least 1, got {getattr(args, name)}.")
+    if args.no_repeat_ngram_size < 0 or args.repetition_penalty <= 0:
+        raise SystemExit(
+            f"--no_repeat_ngram_size must be >= 0 and --repetition_penalty > 0, got {args.no_repeat_ngram_size} and "
+            f"{args.repetition_penalty}."
+        )
     if args.gradient_accumulation_steps < 1 or (args.max_train_steps is not None and args.max_train_steps < 1):
         raise SystemExit("--gradient_accumulation_steps and --max_train_steps must be at least 1.")
     if args.max_train_minutes is not None and args.max_train_minutes <= 0:
@@ -507,11 +544,18 @@ def main(argv=None) -> dict:
     tokenizer = build_tokenizer_for(args, train_split.all_captions())
     model, encoder_pretrained, decoder_pretrained = build_model(args, tokenizer)
     processor = CaptionerProcessor(build_image_processor(model.config), tokenizer)
+    if args.max_new_tokens == "auto":
+        # Positions hold the start token and the caption.
+        positions = getattr(model.config, "max_position_embeddings", None) or 1024
+        args.max_new_tokens = reference_token_limit(tokenizer, train_split.all_captions(), positions - 1)
+        logger.info(f"--max_new_tokens auto: {args.max_new_tokens} (the longest training caption and its EOS)")
     model.generation_config.update(
         # Saved as max_length (the start token + max_new_tokens) so callers' max_length still overrides it.
         num_beams=args.num_beams,
         length_penalty=args.length_penalty,
         max_length=args.max_new_tokens + 1,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
+        repetition_penalty=args.repetition_penalty,
     )
     if args.unfreeze_schedule:
         lr_scales = {"encoder": args.encoder_lr_scale}
@@ -601,13 +645,25 @@ def main(argv=None) -> dict:
     updates_per_epoch = math.ceil(batches_per_process / args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
     num_epochs = math.ceil(max_train_steps / updates_per_epoch)
-    lr_scheduler = get_scheduler(
-        args.lr_scheduler_type,
-        optimizer=optimizer,
-        # Accelerate steps the scheduler once per process at every optimizer step.
-        num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
-        num_training_steps=max_train_steps * accelerator.num_processes,
-    )
+    step_limit = max_train_steps
+    planned_decay = None
+    if args.max_train_minutes is not None and args.lr_scheduler_type in PLANNED_SCHEDULES:
+        # The decay's length is planned from the time budget as the run goes (TimeBudget), and saved with the
+        # scheduler's state.
+        planned_decay = PlannedDecay(
+            args.lr_scheduler_type,
+            args.num_warmup_steps * accelerator.num_processes,
+            max_train_steps * accelerator.num_processes,
+        )
+        lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, planned_decay)
+    else:
+        lr_scheduler = get_scheduler(
+            args.lr_scheduler_type,
+            optimizer=optimizer,
+            # Accelerate steps the scheduler once per process at every optimizer step.
+            num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
+            num_training_steps=max_train_steps * accelerator.num_processes,
+        )
     global_batch = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     logger.info(
         f"global batch: {global_batch} images per optimizer step = {args.per_device_train_batch_size} per process × "
@@ -637,6 +693,8 @@ def main(argv=None) -> dict:
         "num_processes": accelerator.num_processes,
         "stream": None,  # where a mid-epoch checkpoint stopped in a streamed source (StreamProgress.position)
         "downloads": [],  # one report per epoch of a streamed source (StreamProgress.report, all processes)
+        "train_seconds": 0.0,  # training and validation time so far, what --max_train_minutes counts
+        "planned_steps": None,  # where --max_train_minutes plans to stop
     }
     if args.resume_from_checkpoint:
         path = Path(args.resume_from_checkpoint)
@@ -657,7 +715,16 @@ def main(argv=None) -> dict:
                     "resume with the same number, or from a checkpoint saved at the end of an epoch."
                 )
             accelerator.load_state(str(path))
-            state = {"stream": None, "downloads": [], **saved, "num_processes": accelerator.num_processes}
+            state = {
+                "stream": None,
+                "downloads": [],
+                "train_seconds": 0.0,
+                "planned_steps": None,
+                **saved,
+                "num_processes": accelerator.num_processes,
+            }
+            if state["planned_steps"] is not None:
+                max_train_steps = state["planned_steps"]
             logger.info(f"resumed from {path}: epoch {state['epoch']}, step {state['completed_steps']}")
     # What runs: --optim, except with fp16 loss scaling (build_adamw) or after a resume (the checkpoint's).
     why = ", fp16 loss scaling" if accelerator.scaler is not None else ""
@@ -668,16 +735,32 @@ def main(argv=None) -> dict:
     progress = tqdm(
         total=max_train_steps, initial=state["completed_steps"], disable=not accelerator.is_local_main_process
     )
-    started = time.perf_counter()
+    started = time.perf_counter() - state["train_seconds"]
     running = {"loss": 0.0, "count": 0}
     placeholder = None
+    budget = (
+        None if args.max_train_minutes is None else TimeBudget(60 * args.max_train_minutes, state["train_seconds"])
+    )
 
     def out_of_time() -> bool:
-        if args.max_train_minutes is None:
+        if budget is None:
             return False
-        late = time.perf_counter() - started >= 60 * args.max_train_minutes
         # One process going on alone would wait for the others at its next all-reduce forever: all stop together.
-        return accelerator.reduce(torch.tensor(int(late), device=accelerator.device), "sum").item() > 0
+        return accelerator.reduce(torch.tensor(int(budget.expired), device=accelerator.device), "sum").item() > 0
+
+    def replan() -> int:
+        """The step --max_train_minutes stops at, planned on the main process and the same on every process; the
+        planned decay follows it."""
+        planned = budget.plan(state["completed_steps"], updates_per_epoch, step_limit)
+        planned = broadcast_object_list([planned])[0]
+        if planned is None:
+            return max_train_steps
+        state["planned_steps"] = planned
+        if planned_decay is not None:
+            planned_decay.total_steps = planned * accelerator.num_processes
+        progress.total = planned
+        progress.refresh()
+        return planned
 
     for epoch in range(state["epoch"], num_epochs):
         groups = schedule.apply(unwrapped, epoch)
@@ -756,6 +839,10 @@ def main(argv=None) -> dict:
                 continue
             state["completed_steps"] += 1
             progress.update(1)
+            if budget is not None:
+                budget.step_done()
+                if state["planned_steps"] is None and budget.timed_steps == 10:
+                    max_train_steps = replan()  # a first plan; each epoch's end corrects it
             if state["completed_steps"] % args.logging_steps == 0:
                 step_loss = accelerator.reduce(torch.tensor(running["loss"], device=accelerator.device), "sum")
                 record = {
@@ -773,6 +860,8 @@ def main(argv=None) -> dict:
                 if args.with_tracking:
                     accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=record["step"])
             if checkpoint_every and state["completed_steps"] % checkpoint_every == 0:
+                if budget is not None:
+                    state["train_seconds"] = budget.elapsed
                 if streaming:
                     state["stream"] = stream_progress.position(accelerator)
                 save_checkpoint(
@@ -786,6 +875,8 @@ def main(argv=None) -> dict:
                 break
 
         # End of epoch: report the stream, score generated validation captions, keep the best model by CIDEr-D.
+        if budget is not None:
+            budget.end_epoch()
         state["epoch"], state["batches_in_epoch"], state["stream"] = epoch + 1, 0, None
         if streaming:
             report = stream_progress.report()
@@ -803,7 +894,7 @@ def main(argv=None) -> dict:
                 )
         if cache is not None:
             cache.flush()
-        predictions, references, _ = generate_captions(
+        predictions, references, _, truncated = generate_captions(
             model,
             processor,
             validation,
@@ -811,30 +902,35 @@ def main(argv=None) -> dict:
             batch_size=args.per_device_eval_batch_size,
             num_workers=args.num_workers,
         )
-        metrics = None
+        metrics = diagnostics = None
         if accelerator.is_main_process:
             from captioning.metrics import compute_caption_metrics
 
             metrics = compute_caption_metrics(
                 predictions, references, expected_num_images=len(validation), meteor=not args.no_meteor
             )
+            diagnostics = caption_diagnostics(predictions, references, truncated)
         # Scored once, on the main process; every process keeps the same state and joins in saving a new best.
-        metrics = broadcast_object_list([metrics])[0]
+        metrics, diagnostics = broadcast_object_list([metrics, diagnostics])
         cider = metrics["CIDEr-D"]
-        state["history"].append({"step": state["completed_steps"], "epoch": epoch, **metrics})
+        state["history"].append({"step": state["completed_steps"], "epoch": epoch, **metrics, **diagnostics})
         logger.info(
             f"epoch {epoch}: validation "
             + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
         )
+        logger.info(f"epoch {epoch}: validation captions: {format_diagnostics(diagnostics)}")
         if state["best_cider"] is None or cider > state["best_cider"]:
             state["best_cider"] = cider
             save_model(accelerator, model, processor, output_dir)
             logger.info(f"new best validation CIDEr-D {cider:.4f}: saved {output_dir}")
         if args.with_tracking:
-            accelerator.log(
-                {f"validation/{k}": v for k, v in metrics.items() if isinstance(v, float)},
-                step=state["completed_steps"],
-            )
+            # Every diagnostic is a number (the vocabulary an int); the references' go to validation/references/.
+            scalars = {k: v for k, v in metrics.items() if isinstance(v, float)} | diagnostics
+            accelerator.log({f"validation/{k}": v for k, v in scalars.items()}, step=state["completed_steps"])
+        if budget is not None:
+            state["train_seconds"] = budget.elapsed
+            budget.start_epoch()  # what the plan counts as between-epoch time: this epoch's validation
+            max_train_steps = replan()
         if args.checkpointing_steps == "epoch" or state["completed_steps"] >= max_train_steps:
             save_checkpoint(accelerator, checkpoint_dir, state, args.checkpoints_total_limit, [cache] if cache else [])
         if state["completed_steps"] >= max_train_steps or out_of_time():
@@ -862,13 +958,15 @@ def finish(args, accelerator, output_dir: Path, splits, state: dict, train_secon
     best = AutoModel.from_pretrained(output_dir).to(accelerator.device)
     processor = AutoProcessor.from_pretrained(output_dir)
     test = splits["test"]
-    predictions, references, dropped = generate_captions(
+    predictions, references, dropped, truncated = generate_captions(
         best, processor, test, accelerator, batch_size=args.per_device_eval_batch_size, num_workers=args.num_workers
     )
     report = {}
     if accelerator.is_main_process:
         meteor = not args.no_meteor
         test_metrics = compute_caption_metrics(predictions, references, expected_num_images=len(test), meteor=meteor)
+        # Beside "test", not in it: the model card's model-index takes every number of "test" as a score.
+        test_diagnostics = caption_diagnostics(predictions, references, truncated)
         # Human agreement scores each reference against the others: it needs two or more per image.
         agreement = None
         if min(len(refs) for refs in references.values()) >= 2:
@@ -881,8 +979,11 @@ def finish(args, accelerator, output_dir: Path, splits, state: dict, train_secon
                 "num_beams": args.num_beams,
                 "length_penalty": args.length_penalty,
                 "max_new_tokens": args.max_new_tokens,
+                "no_repeat_ngram_size": args.no_repeat_ngram_size,
+                "repetition_penalty": args.repetition_penalty,
             },
             "test": test_metrics,
+            "test_diagnostics": test_diagnostics,
             "human_agreement": agreement,
             "best_validation_cider": state["best_cider"],
             "optimizer_steps": state["completed_steps"],
@@ -918,6 +1019,7 @@ def finish(args, accelerator, output_dir: Path, splits, state: dict, train_secon
             )
         save_training_curves(state["history"], output_dir / "training_curves.png")
         human = f"{agreement['CIDEr-D']:.4f}" if agreement else "n/a: one reference per image"
+        print(f"test captions: {format_diagnostics(test_diagnostics)}")
         print(
             f"test CIDEr-D {test_metrics['CIDEr-D']:.4f} (human agreement {human}), "
             f"BLEU-4 {test_metrics['BLEU-4']:.4f}; model: {output_dir}; metrics: {output_dir / 'metrics.json'}; "

@@ -85,7 +85,7 @@ def quality_rows(bench: Bench, minutes: float, batch_size: int, runs: int, beams
                 if training.seconds < budget:
                     training.train_for(min(slice_seconds, budget - training.seconds))
         for name, training in trainings.items():
-            predictions, references, _ = generate_captions(
+            predictions, references, *_ = generate_captions(
                 training.model,
                 bench.processor,
                 test,

@@ -6,6 +6,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import PIL.Image
 import torch
@@ -13,6 +14,7 @@ from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 from tqdm.auto import tqdm
 
 from captioning.data import add_data_arguments, check_data_arguments, load_splits_from_args
+from captioning.diagnostics import caption_diagnostics, format_diagnostics
 from captioning.web_data import STREAM_FORMATS
 
 
@@ -36,6 +38,31 @@ class EvalCollator:
         return batch
 
 
+class GeneratedCaptions(NamedTuple):
+    """
+    What [`generate_captions`] returns; unpacks as `predictions, references, num_dropped, truncated`.
+
+    Attributes:
+        predictions (`dict[str, str]`): image id → generated caption, in dataset order.
+        references (`dict[str, list[str]]`): image id → its reference captions.
+        num_dropped (`int`): images that could not be decoded (not captioned).
+        truncated (`dict[str, bool]` or `None`): image id → whether its caption ended without the EOS token, i.e. was
+            cut at the length limit; `None` when the model has no EOS token to look for.
+    """
+
+    predictions: dict[str, str]
+    references: dict[str, list[str]]
+    num_dropped: int
+    truncated: dict[str, bool] | None
+
+
+def _ended_without_eos(ids: torch.Tensor, eos_token_id: int | list[int]) -> list[bool]:
+    """Per generated row, whether no EOS follows its first position (the start token, which is EOS for GPT-2). A row
+    that ended early and was padded holds its EOS, also where padding is EOS."""
+    eos = torch.tensor(eos_token_id, device=ids.device).reshape(-1)
+    return (~torch.isin(ids[:, 1:], eos).any(dim=1)).tolist()
+
+
 @torch.no_grad()
 def generate_captions(
     model,
@@ -46,13 +73,14 @@ def generate_captions(
     num_workers: int = 0,
     show_progress: bool = True,
     **generation_kwargs,
-) -> tuple[dict[str, str], dict[str, list[str]], int]:
+) -> GeneratedCaptions:
     """
     Caption every image of `dataset` with `model.generate(**generation_kwargs)`.
 
-    Returns `(predictions, references, num_dropped)`: image id → caption, image id → its references, and how many
-    images could not be decoded. With several processes (`accelerator`), each captions its share and every process
-    gets all the results, each image exactly once.
+    Returns a [`GeneratedCaptions`], `(predictions, references, num_dropped, truncated)`: image id → caption, image
+    id → its references, how many images could not be decoded, and image id → whether generation stopped at the
+    length limit without EOS. With several processes (`accelerator`), each captions its share and every process gets
+    all the results, each image exactly once.
     """
     unwrapped = model
     num_processes = 1
@@ -75,7 +103,9 @@ def generate_captions(
     was_training = unwrapped.training
     unwrapped.eval()
     device = next(unwrapped.parameters()).device
-    predictions, references, positions = {}, {}, {}
+    generation_config = generation_kwargs.get("generation_config") or unwrapped.generation_config
+    eos_token_id = generation_kwargs.get("eos_token_id", generation_config.eos_token_id)
+    predictions, references, positions, truncated = {}, {}, {}, {}
     main = accelerator is None or accelerator.is_main_process
     for batch in tqdm(loader, desc="generating captions", disable=not (show_progress and main), leave=False):
         pixel_values = batch.get("pixel_values")
@@ -92,21 +122,27 @@ def generate_captions(
             batch["image_ids"], captions, batch["references"], batch["positions"], strict=True
         ):
             predictions[image_id], references[image_id], positions[image_id] = caption, refs, position
+        if eos_token_id is not None:
+            # strict=False: a black stand-in image's row has no image id.
+            truncated.update(zip(batch["image_ids"], _ended_without_eos(ids, eos_token_id), strict=False))
     unwrapped.train(was_training)
     if num_processes > 1:
         from accelerate.utils import gather_object
 
         # Merged by image id rather than trimmed by position (gather_for_metrics): the top-up images come back
         # twice with the same caption and collapse, however many undecodable images shifted a batch.
-        for shard in gather_object([(predictions, references, positions)]):
-            for merged, part in zip((predictions, references, positions), shard, strict=True):
+        for shard in gather_object([(predictions, references, positions, truncated)]):
+            for merged, part in zip((predictions, references, positions, truncated), shard, strict=True):
                 merged.update(part)
         # In dataset order, as one process writes them.
         order = sorted(predictions, key=lambda image_id: positions[image_id])
         predictions = {image_id: predictions[image_id] for image_id in order}
         references = {image_id: references[image_id] for image_id in order}
+        truncated = {image_id: truncated[image_id] for image_id in order if image_id in truncated}
     # Each image was seen at least once (ids are unique within a split), so whatever is missing failed to decode.
-    return predictions, references, len(dataset) - len(predictions)
+    return GeneratedCaptions(
+        predictions, references, len(dataset) - len(predictions), None if eos_token_id is None else truncated
+    )
 
 
 def score_captions(predictions: dict[str, str], references: dict[str, list[str]], expected_num_images: int) -> dict:
@@ -170,10 +206,11 @@ def main(argv=None) -> dict:
         }.items()
         if v is not None
     }
-    predictions, references, dropped = generate_captions(
+    predictions, references, dropped, truncated = generate_captions(
         model, processor, dataset, batch_size=args.batch_size, **generation
     )
     metrics = score_captions(predictions, references, expected_num_images=expected)
+    diagnostics = caption_diagnostics(predictions, references, truncated)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     report = {
@@ -182,6 +219,7 @@ def main(argv=None) -> dict:
         "split": args.split,
         "generation": {**model.generation_config.to_diff_dict(), **generation},
         "metrics": metrics,
+        "diagnostics": diagnostics,
         "images_dropped": dropped,
     }
     if hasattr(splits[args.split], "downloads"):
@@ -189,6 +227,7 @@ def main(argv=None) -> dict:
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
     write_predictions(output_dir / "predictions.json", predictions, references)
     print(json.dumps(metrics, indent=2))
+    print(f"diagnostics: {format_diagnostics(diagnostics)}", file=sys.stderr)  # stdout stays one JSON object
     print(f"wrote {output_dir / 'metrics.json'} and {output_dir / 'predictions.json'}", file=sys.stderr)
     return report
 

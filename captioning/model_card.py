@@ -9,6 +9,8 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import safe_open
 
+from captioning.diagnostics import DIAGNOSTICS, REFERENCES_PREFIX, SHARES
+
 # metrics.json key -> (model-index metric type, extra metric args). Types are the Hub's metric ids.
 METRIC_TYPES = {
     "BLEU-1": ("bleu", {"max_order": 1}),
@@ -262,7 +264,37 @@ def results_section(metrics: dict | None, dataset: dict, generation: dict) -> st
         )
     if "METEOR" not in scores and "METEOR" in (metrics.get("test") or {}):
         lines += ["", "METEOR was not computed (its scorer needs Java)."]
-    return "\n".join(lines)
+    return "\n".join(lines + diagnostics_lines(metrics))
+
+
+def diagnostics_lines(metrics: dict) -> list[str]:
+    """The test captions' degeneration diagnostics beside the references' (metrics.json's "test_diagnostics"; none
+    for a run that did not record them)."""
+    diagnostics = metrics.get("test_diagnostics")
+    if not isinstance(diagnostics, dict):
+        return []
+
+    def shown(key: str) -> str:
+        value = diagnostics.get(key)
+        if value is None:
+            return "n/a"
+        if key.removeprefix(REFERENCES_PREFIX) in SHARES:
+            return f"{100 * value:.1f}%"
+        return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+    lines = [
+        "",
+        "How much the same captions degenerate (repeat themselves, run to the length limit, say the same for many "
+        "images), on the words the metrics score, beside the reference captions (each reference counted as one "
+        "caption):",
+        "",
+        "| diagnostic | this model | references |",
+        "|---|---|---|",
+    ]
+    for key, description in DIAGNOSTICS.items():
+        if key in diagnostics:
+            lines.append(f"| {description} (`{key}`) | {shown(key)} | {shown(REFERENCES_PREFIX + key)} |")
+    return lines
 
 
 def training_section(training_args: dict | None, metrics: dict | None, dataset: dict) -> str:

@@ -93,7 +93,9 @@ class CaptionMetrics:
     """
     `compute_metrics` for `Seq2SeqTrainer(..., args=Seq2SeqTrainingArguments(predict_with_generate=True))`: decodes
     the generated ids and scores them against every reference of each image, with the same BLEU-1..4, METEOR,
-    ROUGE-L and CIDEr-D as train.py.
+    ROUGE-L and CIDEr-D as train.py, beside the captions' degeneration diagnostics
+    ([`captioning.diagnostics.caption_diagnostics`]; without `truncated`, which needs the EOS information
+    `compute_metrics` does not get).
 
     Args:
         processor (`CaptionerProcessor`): decodes the generated ids.
@@ -106,7 +108,8 @@ class CaptionMetrics:
         self.references = [list(eval_dataset.records[i].captions) for i in range(len(eval_dataset))]
         self.meteor = meteor
 
-    def __call__(self, prediction) -> dict[str, float]:
+    def __call__(self, prediction) -> dict[str, float | int]:
+        from captioning.diagnostics import caption_diagnostics
         from captioning.metrics import compute_caption_metrics
 
         ids = prediction.predictions
@@ -125,6 +128,7 @@ class CaptionMetrics:
         ids = np.where(ids < 0, self.processor.tokenizer.pad_token_id, ids)
         captions = self.processor.batch_decode(ids, skip_special_tokens=True)
         metrics = compute_caption_metrics(captions, self.references, meteor=self.meteor)
+        metrics.update(caption_diagnostics(captions))
         return {name: value for name, value in metrics.items() if value is not None}
 
 

@@ -137,6 +137,11 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
     for name, value in single["test"].items():
         assert value == pytest.approx(double["test"][name], abs=1e-4), name
+    # The per-image flags of captions cut at the length limit come back from both processes.
+    assert set(double["test_diagnostics"]) == set(single["test_diagnostics"])
+    assert "truncated" in double["test_diagnostics"]
+    for name, value in single["test_diagnostics"].items():
+        assert value == pytest.approx(double["test_diagnostics"][name], abs=1e-4), name
     assert single["best_validation_cider"] == pytest.approx(double["best_validation_cider"], abs=1e-4)
 
     # Every decodable test image exactly once, in dataset order, whatever the processes padded their shares with.

@@ -148,6 +148,16 @@ def test_model_card_has_valid_metadata_results_usage_and_training(dry_run, run_f
     training_args = json.loads((run_folder / "training_args.json").read_text())
     assert f"| `learning_rate` | `{training_args['learning_rate']}` |" in text and "| `preset` | `tiny` |" in text
     assert f'model_id = "{REPO_ID}"' in text and "trust_remote_code=True" in text
+    # The test captions' degeneration diagnostics beside the references', from metrics.json's "test_diagnostics".
+    diagnostics = metrics["test_diagnostics"]
+    assert "| diagnostic | this model | references |" in text
+    share, reference_share = 100 * diagnostics["repeated_2gram"], 100 * diagnostics["references/repeated_2gram"]
+    assert f"(`repeated_2gram`) | {share:.1f}% | {reference_share:.1f}% |" in text
+    assert f"(`truncated`) | {100 * diagnostics['truncated']:.1f}% | n/a |" in text
+    assert f"(`vocabulary`) | {diagnostics['vocabulary']} | {diagnostics['references/vocabulary']} |" in text
+    assert (
+        f"(`mean_length`) | {diagnostics['mean_length']:.2f} | {diagnostics['references/mean_length']:.2f} |" in text
+    )
 
 
 def test_card_names_pretrained_base_models_and_a_hub_dataset(saved_folder, tmp_path):
@@ -173,6 +183,7 @@ def test_card_names_pretrained_base_models_and_a_hub_dataset(saved_folder, tmp_p
         ("cider", 0.8, "someone/caps"),
     }
     assert "num_beams=5, length_penalty=0.6, max_new_tokens=30)" in card.text
+    assert "| diagnostic |" not in card.text  # a metrics.json from before the diagnostics has none to show
     # A dataset read from a local folder is no Hub dataset.
     (folder / "training_args.json").write_text(json.dumps({"dataset_format": "hf", "dataset_name": "/data/caps"}))
     assert build_model_card(folder, "me/x").data.datasets is None

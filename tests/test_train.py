@@ -19,6 +19,7 @@ from transformers import AutoModel, AutoProcessor
 
 import train
 from captioning import evaluation as captioning_evaluation
+from captioning.diagnostics import DIAGNOSTICS, caption_diagnostics
 from captioning.metrics import compute_caption_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +52,14 @@ pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
 
 def run_train(*extra: str) -> dict:
     return train.main([*TINY, *extra])
+
+
+def assert_diagnostics_of(diagnostics: dict, rows: list[dict]) -> None:
+    """`diagnostics` are those of the captions and references in predictions.json `rows`, with a truncated share."""
+    captions = {row["image_id"]: row["caption"] for row in rows}
+    expected = caption_diagnostics(captions, {row["image_id"]: row["references"] for row in rows})
+    assert {k: v for k, v in diagnostics.items() if k != "truncated"} == expected
+    assert diagnostics["truncated"] in {count / len(rows) for count in range(len(rows) + 1)}
 
 
 def test_dry_run_prints_trainable_parameters_per_stage(tmp_path, capsys):
@@ -104,6 +113,8 @@ def test_synthetic_run_writes_a_complete_model_folder(tmp_path):
     assert metrics["human_agreement"]["CIDEr-D"] > 0
     predictions = json.loads((tmp_path / "predictions.json").read_text())
     assert len(predictions) == 16 and all(len(row["references"]) == 5 for row in predictions)
+    # Degeneration diagnostics of the test captions beside the references', outside "test" (the model-index's scores).
+    assert_diagnostics_of(metrics["test_diagnostics"], predictions)
     model = AutoModel.from_pretrained(tmp_path)
     assert model.generation_config.num_beams == 2 and model.generation_config.length_penalty == 0.6
     assert type(AutoProcessor.from_pretrained(tmp_path)).__name__ == "CaptionerProcessor"
@@ -128,6 +139,7 @@ def test_synthetic_run_writes_a_complete_model_folder(tmp_path):
         {r["image_id"]: r["caption"] for r in rows}, {r["image_id"]: r["references"] for r in rows}, meteor=False
     )
     assert rescored["CIDEr-D"] == pytest.approx(evaluation["metrics"]["CIDEr-D"], abs=1e-9)
+    assert_diagnostics_of(evaluation["diagnostics"], rows)
     with pytest.raises(SystemExit, match="needs --data_dir"):
         captioning_evaluation.main(["--model", str(tmp_path), "--dataset_format", "coco", "--output_dir", "x"])
     # Tracking is on by default: TensorBoard event files with the training loss and validation CIDEr-D / METEOR.
@@ -137,6 +149,9 @@ def test_synthetic_run_writes_a_complete_model_folder(tmp_path):
     assert events, "no TensorBoard log"
     tags = EventAccumulator(str(events[0].parent)).Reload().Tags()["scalars"]
     assert "train/loss" in tags and "validation/CIDEr-D" in tags and "validation/METEOR" in tags
+    for name in DIAGNOSTICS:
+        assert f"validation/{name}" in tags, name
+        assert f"validation/references/{name}" in tags or name == "truncated", name
     # Epoch 0 trained with the backbone frozen: every training image's features went through the cache.
     caches = list((tmp_path / "feature_cache").glob("*/filled.npy"))
     assert len(caches) == 1

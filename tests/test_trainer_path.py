@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
 
 from captioning.data import load_caption_splits
+from captioning.diagnostics import caption_diagnostics
 from captioning.evaluation import generate_captions
 from captioning.metrics import compute_caption_metrics
 from captioning.trainer import (
@@ -75,13 +76,17 @@ def test_trainer_trains_and_scores_generated_captions_like_train_py(decoder, tok
     metrics = trainer.evaluate()
     assert np.isfinite(metrics["eval_loss"]) and metrics["eval_num_images"] == 12
     # The same numbers as train.py's evaluation of the same model with the same generation settings.
-    predictions, references, dropped = generate_captions(
+    predictions, references, dropped, _ = generate_captions(
         model, processor, validation, show_progress=False, num_beams=3, max_length=7
     )
     expected = compute_caption_metrics(predictions, references, meteor=False)
     assert dropped == 0
     for name in ("BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr-D"):
         assert metrics[f"eval_{name}"] == pytest.approx(expected[name], abs=1e-9), name
+    # The captions' diagnostics too; compute_metrics gets no EOS information, so no truncated share.
+    for name, value in caption_diagnostics(predictions).items():
+        assert metrics[f"eval_{name}"] == value, name
+    assert "eval_truncated" not in metrics
 
 
 def parameters_by_group(model) -> dict[str, dict[str, torch.Tensor]]:
