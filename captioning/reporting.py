@@ -22,7 +22,9 @@ def save_samples(
         axis.imshow(image)
         model_lines = textwrap.wrap(f"model: {caption or '(empty)'}", 36)
         reference_lines = textwrap.wrap(f"reference: {refs[0]}", 36)
-        axis.set_title("\n".join(model_lines + reference_lines), fontsize=8, loc="left")
+        # Captions are text, not mathtext: a caption with two "$" (GPT-2's vocabulary has them) failed to render and
+        # ended the run after training.
+        axis.set_title("\n".join(model_lines + reference_lines), fontsize=8, loc="left", parse_math=False)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
