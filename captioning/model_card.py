@@ -116,6 +116,14 @@ def dataset_info(training_args: dict | None, metrics: dict | None) -> dict:
         return {"type": name, "name": name, "hub_id": hub_id, "description": description}
     if dataset_format in DATASETS:
         type_, name, description = DATASETS[dataset_format]
+        if dataset_format == "synthetic" and args.get("synthetic_variant") == "hard":
+            type_, name = f"{type_}-hard", f"{name} (hard)"
+            description = (
+                "Rendered scenes of 2–5 drawn objects of ten kinds (shapes, houses, trees, cars, people, boats, "
+                "flowers) on outdoor, indoor or plain backgrounds with noise, blur and JPEG artefacts, five captions "
+                "each in five annotator styles, built into captioner (not a Hub dataset). They hold no photographs: "
+                "this model has never seen a real photo."
+            )
         if dataset_format == "synthetic" and args.get("synthetic_sizes"):
             description += f" Split sizes (train, validation, test): {args['synthetic_sizes']}."
         return {"type": type_, "name": name, "hub_id": None, "description": description}

@@ -6,7 +6,6 @@ import io
 import math
 import random
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -545,7 +544,6 @@ def hard_scene_captions(scene: HardScene, rng: random.Random, count: int = 5) ->
     return captions
 
 
-@lru_cache(maxsize=1)
 def hard_vocabulary() -> list[str]:
     """Every word a `hard` caption can use, sorted."""
     words = set(HARD_COLOURS) | set(" ".join(PLAIN_TONES).split())

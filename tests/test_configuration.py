@@ -135,3 +135,16 @@ def test_show_attend_tell_preset():
         model = CaptionerForConditionalGeneration(seed)
     assert model.decoder.cells[0].hidden_size == 256 and model.decoder.cells[0].input_size == 512 + 2048
     assert model.encoder.projection.in_features == 2048 == model.encoder.projection.out_features
+
+
+@pytest.mark.parametrize("encoder", ["resnet", "vit"])
+def test_small_128_preset_is_small_at_twice_the_side(encoder):
+    """train.py's default: `small`'s sizes with an 8×8 grid of image positions instead of 4×4."""
+    small = CaptionerConfig.from_preset("small", encoder=encoder)
+    config = CaptionerConfig.from_preset("small-128", encoder=encoder)
+    assert config.image_size == 128 and small.image_size == 64
+    assert (config.d_model, config.decoder_layers, config.encoder_layers) == (small.d_model, 2, 1)
+    model = CaptionerForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        positions = model.encoder(torch.zeros(1, 3, 128, 128)).last_hidden_state.shape[1]
+    assert positions == (64 if encoder == "resnet" else 65)  # ViT keeps its CLS token

@@ -564,3 +564,12 @@ def test_failed_uploads_say_why_keep_the_token_secret_and_change_nothing(case, r
     assert not (hub.root / REPO_ID).exists()
     if case == "no_token":
         assert hub.requests == []
+
+
+def test_model_card_names_the_synthetic_variant():
+    from captioning.model_card import dataset_info
+
+    hard = dataset_info({"dataset_format": "synthetic", "synthetic_variant": "hard"}, None)
+    easy = dataset_info({"dataset_format": "synthetic", "synthetic_variant": "easy"}, None)
+    assert hard["type"] == "synthetic-scenes-hard" and "ten kinds" in hard["description"]
+    assert easy["type"] == "synthetic-scenes" and "coloured shapes" in easy["description"]

@@ -202,7 +202,13 @@ def test_greedy_run_saves_a_valid_generation_config(tmp_path):
     report = run_train(
         "--output_dir", str(tmp_path), "--synthetic_sizes", "16,4,4", "--max_train_steps", "1", "--num_beams", "1"
     )
-    assert report["generation"] == {"num_beams": 1, "length_penalty": 1.0, "max_new_tokens": 12}
+    assert report["generation"] == {
+        "num_beams": 1,
+        "length_penalty": 1.0,
+        "max_new_tokens": 12,
+        "no_repeat_ngram_size": 3,
+        "repetition_penalty": 1.0,
+    }
     generation = AutoModel.from_pretrained(tmp_path).generation_config
     assert generation.num_beams == 1 and generation.length_penalty == 1.0
 
@@ -271,6 +277,8 @@ def test_karpathy_format_trains(tmp_path):
         (["--checkpointing_steps", "often"], "integer or 'epoch'"),
         (["--synthetic_sizes", "10,0,5"], "three positive integers"),
         (["--per_device_train_batch_size", "0"], "at least 1"),
+        (["--no_repeat_ngram_size", "-1"], "no_repeat_ngram_size must be >= 0"),
+        (["--repetition_penalty", "0"], "repetition_penalty > 0"),
     ],
 )
 def test_bad_flags_are_clear_errors(flags, message, tmp_path):
@@ -278,6 +286,49 @@ def test_bad_flags_are_clear_errors(flags, message, tmp_path):
         pytest.skip("fp16 is allowed with a GPU")
     with pytest.raises(SystemExit, match=message):
         train.parse_args([*flags, "--output_dir", str(tmp_path)])
+
+
+def test_hard_scenes_and_decoding_settings_reach_the_saved_model(tmp_path):
+    """--synthetic_variant hard trains on the hard scenes; n-gram blocking, the repetition penalty and the length
+    limit ('auto': the longest training caption and its EOS) are saved in the generation config and metrics.json."""
+    report = run_train(
+        "--output_dir",
+        str(tmp_path),
+        "--synthetic_variant",
+        "hard",
+        "--synthetic_sizes",
+        "16,4,4",
+        "--max_train_steps",
+        "1",
+        "--no_repeat_ngram_size",
+        "3",
+        "--repetition_penalty",
+        "1.1",
+        "--max_new_tokens",
+        "auto",
+    )
+    processor = AutoProcessor.from_pretrained(tmp_path)
+    train_captions = train.load_splits_from_args(
+        train.parse_args(["--synthetic_variant", "hard", "--synthetic_sizes", "16,4,4"])
+    )["train"].all_captions()
+    longest = max(len(processor.tokenizer(c, add_special_tokens=False).input_ids) for c in train_captions)
+    # The caption and its EOS, within the positions the start token leaves (the tiny preset has 32).
+    limit = min(longest + 1, AutoModel.from_pretrained(tmp_path).config.max_position_embeddings - 1)
+    generation = json.loads((tmp_path / "generation_config.json").read_text())
+    assert generation["max_length"] == limit + 1  # the start token and the caption
+    assert generation["no_repeat_ngram_size"] == 3 and generation["repetition_penalty"] == 1.1
+    assert report["generation"] == {
+        "num_beams": 2,
+        "length_penalty": 0.6,
+        "max_new_tokens": limit,
+        "no_repeat_ngram_size": 3,
+        "repetition_penalty": 1.1,
+    }
+    assert report["human_agreement"]["CIDEr-D"] > 0 and report["num_images"] == 4
+    predictions = json.loads((tmp_path / "predictions.json").read_text())
+    assert predictions[0]["image_id"].startswith("synthetic-hard-test-")
+    with pytest.raises(SystemExit):
+        train.parse_args(["--max_new_tokens", "many"])
 
 
 def test_config_file_supplies_arguments(tmp_path):
