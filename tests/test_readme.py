@@ -40,7 +40,7 @@ def test_readme_commands_are_the_makefile_and_ci_ones():
     assert commands == ["make train", "make test"]
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^train:", makefile, flags=re.MULTILINE) and re.search(r"^test:", makefile, flags=re.MULTILINE)
-    assert "configs/synthetic-small.yaml" in makefile
+    assert "configs/synthetic-hard.yaml" in makefile
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
@@ -74,7 +74,7 @@ def test_readme_push_to_hub_commands(tmp_path, tokenizer):
     """The dry-run line runs as written (on a saved tiny model where train.py's default run puts its model); the
     upload line parses."""
     model = tiny_model("resnet", "transformer", tokenizer)
-    folder = tmp_path / "outputs" / "synthetic-small"
+    folder = tmp_path / "outputs" / "synthetic-hard"
     model.save_pretrained(folder)
     CaptionerProcessor(build_image_processor(model.config), tokenizer).save_pretrained(folder)
     dry_run, upload = bash_block_with("push_to_hub.py")
@@ -87,4 +87,4 @@ def test_readme_push_to_hub_commands(tmp_path, tokenizer):
         tmp_path / "hub-preview" / "README.md"
     ).is_file()
     args = push_to_hub.parse_args(shlex.split(upload.split("#")[0])[2:])
-    assert args.private and args.repo_id == "your-name/captioner-synthetic-small"
+    assert args.private and args.repo_id == "your-name/captioner-synthetic-hard"
