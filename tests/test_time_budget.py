@@ -84,46 +84,63 @@ def test_plan_counts_steps_and_between_epoch_time(monkeypatch):
         TimeBudget(0)
 
 
+BUDGETED = [
+    "--preset",
+    "tiny",
+    "--synthetic_sizes",
+    "128,4,4",
+    "--per_device_train_batch_size",
+    "8",
+    "--num_beams",
+    "1",
+    "--max_new_tokens",
+    "8",
+    "--logging_steps",
+    "1",
+    "--vocab_size",
+    "300",
+    "--no_meteor",
+    "--no-with_tracking",
+    "--learning_rate",
+    "1e-3",
+    "--num_warmup_steps",
+    "2",
+    "--lr_scheduler_type",
+    "cosine",
+    "--num_train_epochs",
+    "1000",
+    "--max_train_minutes",
+    "0.2",
+    "--checkpoints_total_limit",
+    "100",
+]
+
+
+def last_state(output_dir) -> dict:
+    states = sorted(output_dir.glob("checkpoints/step_*/training_state.json"), key=lambda p: int(p.parent.name[5:]))
+    return json.loads(states[-1].read_text())
+
+
 def test_budgeted_run_plans_its_decay_to_the_end(tmp_path, monkeypatch):
     # The budget's clock moves 0.25 s whenever it is read, so the run plans the same steps on a fast or a busy machine.
     monkeypatch.setattr(time_budget, "_clock", FakeClock(tick=0.25))
-    report = train.main(
-        [
-            "--preset",
-            "tiny",
-            "--synthetic_sizes",
-            "128,4,4",
-            "--per_device_train_batch_size",
-            "8",
-            "--num_beams",
-            "1",
-            "--max_new_tokens",
-            "8",
-            "--logging_steps",
-            "1",
-            "--vocab_size",
-            "300",
-            "--no_meteor",
-            "--no-with_tracking",
-            "--learning_rate",
-            "1e-3",
-            "--num_warmup_steps",
-            "2",
-            "--lr_scheduler_type",
-            "cosine",
-            "--num_train_epochs",
-            "1000",
-            "--max_train_minutes",
-            "0.2",
-            "--output_dir",
-            str(tmp_path),
-        ]
-    )
-    state = json.loads(sorted((tmp_path / "checkpoints").glob("step_*/training_state.json"))[-1].read_text())
+    report = train.main([*BUDGETED, "--output_dir", str(tmp_path)])
+    state = last_state(tmp_path)
     planned, done = state["planned_steps"], report["optimizer_steps"]
-    assert planned is not None and 8 <= planned < 8 * 1000
+    assert planned is not None and 8 <= planned < 16 * 1000
     # The run stops at its plan (or a step or two short, where the wall clock ran out first), with the cosine decay
     # at its end rather than cut mid-way.
     assert 0.9 * planned <= done <= planned
     lrs = [row["lr"] for row in state["history"] if "lr" in row]
     assert max(lrs) == pytest.approx(1e-3, rel=0.01) and lrs[-1] < 0.05 * max(lrs)
+
+    # Resumed from its first epoch's checkpoint, the run counts the time already spent and keeps its plan: it ends
+    # about where the uninterrupted run did (a run that started its budget afresh would take twice the steps).
+    first = sorted((tmp_path / "checkpoints").glob("step_*"), key=lambda p: int(p.name[5:]))[0]
+    saved = json.loads((first / "training_state.json").read_text())
+    assert saved["train_seconds"] > 0 and saved["planned_steps"] is not None
+    monkeypatch.setattr(time_budget, "_clock", FakeClock(tick=0.25))
+    resumed = train.main([*BUDGETED, "--output_dir", str(tmp_path), "--resume_from_checkpoint", str(first)])
+    assert abs(resumed["optimizer_steps"] - done) <= 3
+    lrs = [row["lr"] for row in last_state(tmp_path)["history"] if "lr" in row]
+    assert lrs[-1] < 0.05 * max(lrs)
