@@ -1063,6 +1063,11 @@ def check_data_arguments(args) -> None:
         raise SystemExit(f"--dataset_format {args.dataset_format} needs --data_dir.")
     if args.dataset_format == "hf" and not (args.dataset_name or args.data_dir):
         raise SystemExit("--dataset_format hf needs --dataset_name (a hub id or local folder) or --data_dir.")
+    if args.synthetic_variant != "easy" and args.dataset_format != "synthetic":
+        raise SystemExit(
+            f"--synthetic_variant {args.synthetic_variant} chooses the built-in synthetic set; it does nothing with "
+            f"--dataset_format {args.dataset_format}. Drop it, or use --dataset_format synthetic."
+        )
     if args.synthetic_sizes is not None:
         sizes = args.synthetic_sizes.split(",")
         if len(sizes) != 3 or not all(n.strip().isdigit() and int(n) > 0 for n in sizes):

@@ -278,6 +278,7 @@ def test_karpathy_format_trains(tmp_path):
         (["--synthetic_sizes", "10,0,5"], "three positive integers"),
         (["--per_device_train_batch_size", "0"], "at least 1"),
         (["--no_repeat_ngram_size", "-1"], "no_repeat_ngram_size must be >= 0"),
+        (["--dataset_format", "coco", "--data_dir", "coco", "--synthetic_variant", "hard"], "built-in synthetic set"),
         (["--repetition_penalty", "0"], "repetition_penalty > 0"),
     ],
 )
