@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 import time
@@ -148,7 +149,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--mixed_precision",
         default=None,
         choices=["no", "fp16", "bf16"],
-        help="Default: the accelerate config's (accelerate launch), else no.",
+        help="Default: the accelerate config's (accelerate launch); else on a GPU bf16 where it has bf16 arithmetic, "
+        "fp16 with loss scaling where not; on a CPU no.",
     )
     optim.add_argument(
         "--cpu",
@@ -294,6 +296,20 @@ def check_args(args: argparse.Namespace) -> None:
         if args.length_penalty not in (0.6, 1.0):  # not the default: the user asked for one
             logger.warning(f"--length_penalty {args.length_penalty} has no effect with --num_beams 1; saving 1.0.")
         args.length_penalty = 1.0
+
+
+def default_mixed_precision(args) -> str | None:
+    """
+    The mixed precision to ask Accelerate for: --mixed_precision when given; None (Accelerate then reads it) under
+    `accelerate launch`, whose config sets ACCELERATE_MIXED_PRECISION; else bf16 on a GPU with bf16 arithmetic (no
+    loss scaling, fp32's range), fp16 with loss scaling on an older GPU, and no on a CPU.
+    """
+    if args.mixed_precision is not None or "ACCELERATE_MIXED_PRECISION" in os.environ:
+        return args.mixed_precision
+    if args.cpu or not torch.cuda.is_available():
+        return "no"
+    # Without emulation: torch counts a GPU that only emulates bf16 (slowly) as supporting it by default.
+    return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
 
 
 def augmentation_of(args) -> tuple[ImageAugmentation | None, AugmentationSchedule]:
@@ -501,10 +517,19 @@ def save_checkpoint(accelerator, directory: Path, state: dict, limit: int, cache
 def main(argv=None) -> dict:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
+    mixed_precision = default_mixed_precision(args)
+    if args.mixed_precision is not None:
+        chosen_by = "--mixed_precision"
+    elif mixed_precision is None:
+        chosen_by = "the accelerate launch config"
+    else:
+        chosen_by = (
+            "the default on this device: bf16 on a GPU with bf16 arithmetic, fp16 on another GPU, none on a CPU"
+        )
     accelerator = Accelerator(
         cpu=args.cpu,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
+        mixed_precision=mixed_precision,
         log_with=args.report_to if args.with_tracking else None,
         project_dir=str(output_dir),
     )
@@ -526,6 +551,7 @@ def main(argv=None) -> dict:
         if getattr(args, name) not in (None, value):
             logger.warning(f"--{name} {getattr(args, name)} is overridden by the accelerate launch setting {value}")
         setattr(args, name, value)
+    logger.info(f"mixed precision: {accelerator.mixed_precision} ({chosen_by})")
     set_seed(args.seed)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """train.py end to end on tiny runs: every dataset format, the frozen stage with its feature cache, bad flags, and a
 run killed with SIGKILL and resumed that ends exactly like an uninterrupted one."""
 
+import argparse
 import json
 import os
 import shutil
@@ -503,3 +504,26 @@ def test_wall_clock_budget_stops_training_and_still_scores(tmp_path):
     assert (tmp_path / "model.safetensors").is_file() and report["test"]["CIDEr-D"] >= 0
     with pytest.raises(SystemExit, match="must be positive"):
         train.parse_args(["--max_train_minutes", "0"])
+
+
+@pytest.mark.parametrize(
+    ("flag", "env", "cuda", "bf16", "expected"),
+    [
+        ("fp16", None, True, True, "fp16"),  # the flag wins
+        (None, "fp16", True, True, None),  # accelerate launch's config: Accelerate reads it
+        (None, None, True, True, "bf16"),  # a GPU with bf16 arithmetic
+        (None, None, True, False, "fp16"),  # an older GPU: fp16 with loss scaling
+        (None, None, False, False, "no"),  # a CPU
+    ],
+)
+def test_mixed_precision_defaults_to_what_the_device_does_well(flag, env, cuda, bf16, expected, monkeypatch):
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    if env is not None:
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", env)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(
+        torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16 and not including_emulation
+    )
+    args = argparse.Namespace(mixed_precision=flag, cpu=False)
+    assert train.default_mixed_precision(args) == expected
+    assert train.default_mixed_precision(argparse.Namespace(mixed_precision=None, cpu=True)) in (None, "no")
