@@ -579,13 +579,14 @@ def main(argv=None) -> dict:
     if args.max_eval_samples is not None:
         validation = validation.subset(range(min(args.max_eval_samples, len(validation))))
 
-    tokenizer = build_tokenizer_for(args, train_split.all_captions())
+    train_captions = train_split.all_captions()
+    tokenizer = build_tokenizer_for(args, train_captions)
     model, encoder_pretrained, decoder_pretrained = build_model(args, tokenizer)
     processor = CaptionerProcessor(build_image_processor(model.config), tokenizer)
     if args.max_new_tokens == "auto":
         # Positions hold the start token and the caption.
         positions = getattr(model.config, "max_position_embeddings", None) or 1024
-        args.max_new_tokens = reference_token_limit(tokenizer, train_split.all_captions(), positions - 1)
+        args.max_new_tokens = reference_token_limit(tokenizer, train_captions, positions - 1)
         logger.info(f"--max_new_tokens auto: {args.max_new_tokens} (the longest training caption and its EOS)")
     model.generation_config.update(
         # Saved as max_length (the start token + max_new_tokens) so callers' max_length still overrides it.
@@ -914,7 +915,7 @@ def main(argv=None) -> dict:
 
         # End of epoch: report the stream, score generated validation captions, keep the best model by CIDEr-D.
         if budget is not None:
-            budget.end_epoch()
+            budget.begin_validation()
         state["epoch"], state["batches_in_epoch"], state["stream"] = epoch + 1, 0, None
         if streaming:
             report = stream_progress.report()
@@ -967,7 +968,7 @@ def main(argv=None) -> dict:
             accelerator.log({f"validation/{k}": v for k, v in scalars.items()}, step=state["completed_steps"])
         if budget is not None:
             state["train_seconds"] = budget.elapsed
-            budget.start_epoch()  # what the plan counts as between-epoch time: this epoch's validation
+            budget.end_validation()
             max_train_steps = replan()
         if args.checkpointing_steps == "epoch" or state["completed_steps"] >= max_train_steps:
             save_checkpoint(accelerator, checkpoint_dir, state, args.checkpoints_total_limit, [cache] if cache else [])

@@ -100,9 +100,7 @@ def main(argv=None) -> list[dict]:
             flush=True,
         )
     best = max(rows, key=lambda row: row["CIDEr-D"])
-    print(
-        f"best by CIDEr-D: {json.dumps({k: best[k] for k in ('num_beams', 'length_penalty', 'no_repeat_ngram_size', 'repetition_penalty', 'max_new_tokens', 'CIDEr-D')})}"
-    )
+    print(f"best by CIDEr-D: {json.dumps({key: best[key] for key in (*settings, 'CIDEr-D')})}")
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps({"model": args.model, "split": args.split, "rows": rows}, indent=1))

@@ -22,6 +22,10 @@ COMMON = [
     "--learning_rate", "1e-3", "--num_warmup_steps", "200", "--label_smoothing", "0.1", "--num_beams", "5",
     "--length_penalty", "0.6", "--no_meteor", "--no-with_tracking",
 ]  # fmt: skip
+# The recipe's own settings (configs/synthetic-hard.yaml); the variants below change one or two of them.
+PLANNED_128 = ["--preset", "small-128", "--lr_scheduler_type", "cosine"]
+FIVE_CAPTIONS = [*PLANNED_128, "--captions_per_image", "5"]
+RECIPE = [*FIVE_CAPTIONS, "--no_repeat_ngram_size", "3"]
 # name → (what changes, train.py flags, preset field overrides)
 VARIANTS = {
     "old-main-job": (
@@ -32,37 +36,22 @@ VARIANTS = {
     ),
     "128px": (
         "small-128, cosine planned to the budget, 1 caption per image",
-        ["--preset", "small-128", "--lr_scheduler_type", "cosine", "--no_repeat_ngram_size", "0"],
+        [*PLANNED_128, "--no_repeat_ngram_size", "0"],
         {},
     ),
-    "128px-5captions": (
-        "+ --captions_per_image 5",
-        ["--preset", "small-128", "--lr_scheduler_type", "cosine", "--captions_per_image", "5",
-         "--no_repeat_ngram_size", "0"],
-        {},
-    ),
+    "128px-5captions": ("+ --captions_per_image 5", [*FIVE_CAPTIONS, "--no_repeat_ngram_size", "0"], {}),
     "96px-5captions": (
-        "the same at 96×96 (a 6×6 grid)",
-        ["--preset", "small-128", "--lr_scheduler_type", "cosine", "--captions_per_image", "5",
-         "--no_repeat_ngram_size", "0"],
-        {"image_size": 96},
+        "the same at 96×96 (a 6×6 grid)", [*FIVE_CAPTIONS, "--no_repeat_ngram_size", "0"], {"image_size": 96}
     ),
-    "recipe": (
-        "+ --no_repeat_ngram_size 3: configs/synthetic-hard.yaml",
-        ["--preset", "small-128", "--lr_scheduler_type", "cosine", "--captions_per_image", "5",
-         "--no_repeat_ngram_size", "3"],
-        {},
-    ),
+    "recipe": ("+ --no_repeat_ngram_size 3: configs/synthetic-hard.yaml", RECIPE, {}),
     "augment": (
         "the recipe with --augment (random resized crop and colour jitter, ramped over 10 epochs)",
-        ["--preset", "small-128", "--lr_scheduler_type", "cosine", "--captions_per_image", "5",
-         "--no_repeat_ngram_size", "3", "--augment"],
+        [*RECIPE, "--augment"],
         {},
     ),
     "wide": (
         "the recipe with a wider, deeper decoder (d_model 192, 3 decoder layers, FFN 384)",
-        ["--preset", "small-128", "--lr_scheduler_type", "cosine", "--captions_per_image", "5",
-         "--no_repeat_ngram_size", "3"],
+        RECIPE,
         {"d_model": 192, "decoder_layers": 3, "decoder_ffn_dim": 384, "encoder_ffn_dim": 384},
     ),
 }  # fmt: skip

@@ -1085,10 +1085,10 @@ def load_splits_from_args(args, **stream_options) -> dict[str, CaptionDataset]:
     if args.dataset_format in STREAM_FORMATS:
         return load_web_splits(args, **stream_options)
     options = {}
-    if args.dataset_format == "synthetic" and args.synthetic_sizes:
-        options["sizes"] = tuple(int(n) for n in args.synthetic_sizes.split(","))
     if args.dataset_format == "synthetic":
         options["variant"] = args.synthetic_variant
+        if args.synthetic_sizes:
+            options["sizes"] = tuple(int(n) for n in args.synthetic_sizes.split(","))
     return load_caption_splits(
         args.dataset_format,
         data_dir=args.data_dir,

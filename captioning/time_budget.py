@@ -38,9 +38,9 @@ class TimeBudget:
     """
     Plans how many optimizer steps fit in `seconds` of training, evaluation included.
 
-    The run reports its steps (`step_done`) and the time it spends between epochs on validation and checkpoints
-    (between `end_epoch` and `start_epoch`); `plan` then says at which step to stop: the steps done so far plus what the time left holds
-    at the measured cost of a step, the between-epoch time spread over the epoch's steps. The first steps of a run
+    The run reports its steps (`step_done`) and its validation time at the end of each epoch (`begin_validation`,
+    `end_validation`); `plan` then says at which step to stop: the steps done so far plus what the time left holds at
+    the measured cost of a step, the validation time spread over the epoch's steps. The first steps of a run
     (start-up, allocation) are not timed. `elapsed` carries the time a resumed run had already spent.
     """
 
@@ -70,12 +70,12 @@ class TimeBudget:
         elif self._steps_seen > self.skip_steps:
             self._timed_steps += 1
 
-    def end_epoch(self) -> None:
-        """Marks the end of an epoch's training steps: what follows until `start_epoch` is between-epoch work."""
+    def begin_validation(self) -> None:
+        """Marks the end of an epoch's training steps: what follows until `end_validation` is not step time."""
         self._paused_at = _clock()
 
-    def start_epoch(self) -> None:
-        """Marks the start of an epoch's training steps."""
+    def end_validation(self) -> None:
+        """Marks the end of the epoch's validation (the next steps' time is step time again)."""
         if self._paused_at is None:
             return
         overhead = _clock() - self._paused_at

@@ -70,9 +70,9 @@ def test_plan_counts_steps_and_between_epoch_time(monkeypatch):
     assert budget.seconds_per_step == pytest.approx(0.5)
     # 14 s spent; 86 s left at 0.5 s a step: 172 more steps.
     assert budget.plan(10, 10, 1000) == 10 + 172
-    budget.end_epoch()
+    budget.begin_validation()
     clock.now += 5.0  # validation: 5 s an epoch of 10 steps, 0.5 s a step more
-    budget.start_epoch()
+    budget.end_validation()
     assert budget.seconds_per_step == pytest.approx(0.5)
     assert budget.plan(10, 10, 1000) == 10 + 81  # 81 s left at 1 s a step
     assert budget.plan(10, 10, 50) == 50  # the epoch or step limit comes first
