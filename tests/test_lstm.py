@@ -23,7 +23,7 @@ def lstm_model(encoder, attention, tokenizer, **overrides):
 @pytest.mark.parametrize("encoder", ["resnet", "vit"])
 @pytest.mark.parametrize("attention", ATTENTIONS)
 def test_overfit_eight_images(encoder, attention, tokenizer):
-    """Train until greedy generation reproduces all eight training captions (checked every 50 steps, at most 1000).
+    """Train until greedy generation reproduces all eight training captions (checked every 50 steps, at most 2000).
 
     Without the doubly stochastic regulariser: it spreads attention over the whole image on purpose (with 17 ViT
     positions and ~8 words its minimum is near-uniform attention), which works against memorising; this test checks
@@ -34,7 +34,9 @@ def test_overfit_eight_images(encoder, attention, tokenizer):
     batch = processor(images=images, text_target=captions)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
     generated = []
-    for _ in range(20):
+    # Some pairs sit on a plateau (two colours confused, loss ~0.2) for hundreds of steps before they memorise; how
+    # long depends on the CPU's float rounding (ViT + Bahdanau: 1050 steps on an AMD EPYC, under 1000 elsewhere).
+    for _ in range(40):
         model.train()
         for _ in range(50):
             model(**batch).loss.backward()
