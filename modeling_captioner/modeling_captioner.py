@@ -10,11 +10,14 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, GenerationMixin, GPT2LMHeadModel, PreTrainedModel
 from transformers.activations import ACT2FN, GELUTanh, NewGELUActivation
-from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache, StaticLayer
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutputWithCrossAttentions, Seq2SeqLMOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.models.gpt2.modeling_gpt2 import GPT2Attention, eager_attention_forward
-from transformers.utils import logging
+from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
+from transformers.models.gpt2.modeling_gpt2 import eager_attention_forward as gpt2_eager_attention_forward
+from transformers.utils import is_torchdynamo_compiling, logging
 
 from .configuration_captioner import CaptionerConfig, special_tokens_from_tokenizer, vision_feature_size
 
@@ -40,9 +43,35 @@ def vision_model_kwargs(vision_config) -> dict:
             f"vision_config is a {type(vision_config).__name__}, which does not build a vision model reading "
             "pixel_values; use the config of a 🤗 vision model (ResNet, ViT, ConvNeXt, ...)."
         )
+    kwargs = {}
     if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
-        return {"add_pooling_layer": False}
-    return {}
+        kwargs["add_pooling_layer"] = False
+    fallback = attention_fallback(model_class, getattr(vision_config, "_attn_implementation", None))
+    if fallback is not None:
+        kwargs["attn_implementation"] = fallback
+    return kwargs
+
+
+def attention_fallback(model_class: type, requested: str | None) -> str | None:
+    """The captioner's `attn_implementation` reaches its 🤗 sub-models (backbone, GPT-2) through their configs. One
+    that cannot run it (a ResNet has no attention at all; GPT-2 has no flex attention) gets the best it has instead;
+    None where it can run the request."""
+    if requested in (None, "eager"):
+        return None
+    flags = {
+        "sdpa": "_supports_sdpa",
+        "flash_attention_2": "_supports_flash_attn",
+        "flash_attention_3": "_supports_flash_attn",
+        "flex_attention": "_supports_flex_attn",
+    }
+    if getattr(model_class, flags.get(requested, "_supports_attention_backend"), False):
+        return None
+    fallback = "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
+    if fallback != "eager" or getattr(model_class, "_supports_attention_backend", False):
+        logger.info(
+            f"{model_class.__name__} cannot use attn_implementation={requested!r}; its attention uses {fallback}."
+        )
+    return fallback
 
 
 def sinusoidal_2d_positions(height: int, width: int, dim: int, device, dtype) -> torch.Tensor:
@@ -60,21 +89,35 @@ def sinusoidal_2d_positions(height: int, width: int, dim: int, device, dtype) ->
     return positions.to(dtype)  # (h*w, dim)
 
 
-def causal_mask(query_length: int, key_length: int, padding_mask: torch.Tensor | None, device) -> torch.Tensor | None:
-    """Boolean mask (True = may attend) for decoder self-attention, or None where SDPA's own `is_causal` (square,
-    no padding) or no mask at all (one new token) is exact."""
-    no_padding = padding_mask is None or bool(padding_mask.all())
-    if no_padding and (query_length == 1 or query_length == key_length):
-        return None
-    past = key_length - query_length
-    rows = torch.arange(query_length, device=device).view(-1, 1) + past
-    cols = torch.arange(key_length, device=device).view(1, -1)
-    mask = (cols <= rows)[None, None]  # (1, 1, T, S)
-    if not no_padding:
-        mask = mask & padding_mask[:, None, None, -key_length:].bool()
-        # A padding query with nothing left to see would give a NaN softmax; let it see itself (its output is unused).
-        mask = mask | (cols == rows)[None, None]
-    return mask
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    is_causal: bool | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention written out, returning its weights (attention maps); the reference the registry's kernels equal.
+    `attention_mask` is boolean (True = may attend) or additive, as transformers' mask builders return it for eager;
+    returns (B, T, H, D) outputs like every function in `ALL_ATTENTION_FUNCTIONS`."""
+    query_length, key_length = query.shape[2], key.shape[2]
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling  # (B, H, T, S)
+    is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
+    if attention_mask is None and is_causal and query_length > 1:
+        attention_mask = torch.ones(query_length, key_length, dtype=torch.bool, device=query.device).tril(
+            key_length - query_length
+        )
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask
+    attn_weights = scores.float().softmax(dim=-1).to(query.dtype)
+    attn_output = torch.matmul(F.dropout(attn_weights, p=dropout, training=module.training), value)
+    return attn_output.transpose(1, 2).contiguous(), attn_weights
 
 
 def caption_groups(query_batch: int, image_batch: int) -> int:
@@ -170,28 +213,24 @@ class CaptionerAttention(nn.Module):
         groups = caption_groups(batch_size, key.shape[0]) if is_cross_attention else 1
         if groups > 1:
             query = fold_captions(query, groups)
-        query_length, key_length = query.shape[2], key.shape[2]
-        is_causal = self.is_causal and attention_mask is None and query_length > 1
-        dropout = self.dropout if self.training else 0.0
-        if output_attentions or self.config._attn_implementation == "eager":
-            scores = torch.matmul(query, key.transpose(-1, -2)) * self.scaling  # (B, H, T, S)
-            if is_causal:
-                attention_mask = torch.ones(query_length, key_length, dtype=torch.bool, device=query.device).tril(
-                    key_length - query_length
-                )
-            if attention_mask is not None:
-                scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
-            attn_weights = scores.float().softmax(dim=-1).to(query.dtype)
-            attn_output = torch.matmul(F.dropout(attn_weights, p=dropout, training=self.training), value)
-        else:
-            attn_weights = None
-            attn_output = F.scaled_dot_product_attention(
-                query, key, value, attn_mask=attention_mask, dropout_p=dropout, is_causal=is_causal, scale=self.scaling
-            )
+        attention = eager_attention_forward
+        if not output_attentions and self.config._attn_implementation != "eager":
+            # sdpa, flash_attention_2, flex_attention, or a kernel registered by the user.
+            attention = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
+        attn_output, attn_weights = attention(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.dropout if self.training else 0.0,
+            scaling=self.scaling,
+            is_causal=self.is_causal and attention_mask is None and query.shape[2] > 1,
+        )
         if groups > 1:
-            attn_output = unfold_captions(attn_output, groups)
+            attn_output = unfold_captions(attn_output.transpose(1, 2), groups).transpose(1, 2)
             attn_weights = unfold_captions(attn_weights, groups) if attn_weights is not None else None
-        attn_output = attn_output.transpose(1, 2).reshape(batch_size, -1, self.embed_dim)  # (B,H,T,D)->(B,T,C)
+        attn_output = attn_output.reshape(batch_size, -1, self.embed_dim)  # (B, T, H, D) -> (B, T, C)
         return self.out_proj(attn_output), attn_weights
 
 
@@ -207,7 +246,7 @@ class CaptionerMLP(nn.Module):
         return self.fc2(self.dropout(self.act(self.fc1(hidden_states))))
 
 
-class CaptionerEncoderLayer(nn.Module):
+class CaptionerEncoderLayer(GradientCheckpointingLayer):
     """Pre-LN Transformer encoder layer over the projected image features."""
 
     def __init__(self, config: CaptionerConfig):
@@ -227,7 +266,7 @@ class CaptionerEncoderLayer(nn.Module):
         return hidden_states, attn_weights
 
 
-class CaptionerDecoderLayer(nn.Module):
+class CaptionerDecoderLayer(GradientCheckpointingLayer):
     """Pre-LN Transformer decoder layer: causal self-attention, cross-attention to the image, MLP."""
 
     def __init__(self, config: CaptionerConfig, layer_idx: int):
@@ -417,23 +456,37 @@ class CaptionerTransformerDecoder(nn.Module):
     ) -> CausalLMOutputWithCrossAttentions:
         cache = step_cache(cache, use_cache)
         query_length = input_ids.shape[1]
+        # A tensor with a static cache (its fill level), so that the compiled decoding step is one graph for all steps.
         past_length = cache.get_seq_length() if cache is not None else 0
-        if past_length + query_length > self.config.max_position_embeddings:
+        if not is_torchdynamo_compiling() and past_length + query_length > self.config.max_position_embeddings:
             raise ValueError(
                 f"A caption of {past_length + query_length} tokens is longer than the decoder's "
                 f"max_position_embeddings={self.config.max_position_embeddings}; truncate captions or lower "
                 "max_new_tokens."
             )
-        positions = torch.arange(past_length, past_length + query_length, device=input_ids.device)
-        hidden_states = self.dropout(self.embed_tokens(input_ids) + self.embed_positions(positions))
-        mask = causal_mask(query_length, past_length + query_length, attention_mask, input_ids.device)
+        positions = torch.arange(query_length, device=input_ids.device) + past_length
+        inputs_embeds = self.embed_tokens(input_ids)
+        hidden_states = self.dropout(inputs_embeds + self.embed_positions(positions))
+        # The mask each attention implementation wants (None where SDPA's is_causal is exact, a BlockMask for flex,
+        # padding for flash), over the static cache's whole length where there is one.
+        mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            cache=cache,
+            position_ids=positions[None],
+        )
 
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_self_attentions = () if output_attentions else None
         all_cross_attentions = () if output_attentions else None
         for layer in self.layers:
             hidden_states, self_attn_weights, cross_attn_weights = layer(
-                hidden_states, encoder_hidden_states, mask, cache, output_attentions
+                hidden_states,
+                encoder_hidden_states,
+                attention_mask=mask,
+                cache=cache,
+                output_attentions=output_attentions,
             )
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
@@ -495,6 +548,8 @@ class CaptionerLSTMDecoder(nn.Module):
     (keys=h, values=c), so beam search reorders it with the cache; the projected image features sit in the
     cross-attention cache, computed once per image."""
 
+    gradient_checkpointing = False  # set by `model.gradient_checkpointing_enable()`
+
     def __init__(self, config: CaptionerConfig):
         super().__init__()
         self.config = config
@@ -513,6 +568,18 @@ class CaptionerLSTMDecoder(nn.Module):
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embed_tokens
+
+    def _step(self, embeds: torch.Tensor, keys: torch.Tensor, features: torch.Tensor, *state: torch.Tensor):
+        """One word: attention from the top layer's state, then the cells. `state` is h0, c0, h1, c1, … (flat, so that
+        a checkpoint sees tensors); returns the attention weights and the new state, flat the same way."""
+        context, weights = self.attention(state[-2], keys, features)
+        layer_input = torch.cat([embeds, context], dim=-1)
+        new_state = []
+        for cell, h, c in zip(self.cells, state[::2], state[1::2], strict=True):
+            h, c = cell(layer_input, (h, c)) if self.config.cell == "lstm" else (cell(layer_input, h),) * 2
+            new_state += [h, c]
+            layer_input = h
+        return weights, *new_state
 
     def _initial_state(self, features: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         mean = features.mean(dim=1)
@@ -542,23 +609,26 @@ class CaptionerLSTMDecoder(nn.Module):
                 cache.cross_attention_cache.update(keys[:, None], features[:, None], 0)  # (B, N, A) -> (B, 1, N, A)
                 cache.is_updated[0] = True
 
-        if cache is not None and cache.get_seq_length() > 0:
+        past_length = cache.get_seq_length() if cache is not None else 0
+        if cache is not None and past_length > 0:
+            # The last state written: at the end of a dynamic layer, at the fill level of a static one.
             layers = cache.self_attention_cache.layers
-            state = [(layers[i].keys[:, 0, -1], layers[i].values[:, 0, -1]) for i in range(len(self.cells))]
+            last = past_length - 1
+            state = [(layers[i].keys[:, 0, last], layers[i].values[:, 0, last]) for i in range(len(self.cells))]
         else:
             state = self._initial_state(features)
-        is_lstm = self.config.cell == "lstm"
+        # Under gradient checkpointing each step keeps only its inputs and recomputes its cells in the backward pass.
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         outputs, maps = [], []
         for step in range(input_ids.shape[1]):
-            context, weights = self.attention(state[-1][0], keys, features)
-            layer_input = torch.cat([self.embed_tokens(input_ids[:, step]), context], dim=-1)
-            new_state = []
-            for cell, (h, c) in zip(self.cells, state, strict=True):
-                h, c = cell(layer_input, (h, c)) if is_lstm else (cell(layer_input, h),) * 2
-                new_state.append((h, c))
-                layer_input = h
-            state = new_state
-            outputs.append(layer_input)
+            flat_state = [tensor for pair in state for tensor in pair]
+            step_inputs = (self.embed_tokens(input_ids[:, step]), keys, features, *flat_state)
+            if checkpointing:
+                weights, *flat_state = self._gradient_checkpointing_func(self._step, *step_inputs)
+            else:
+                weights, *flat_state = self._step(*step_inputs)
+            state = list(zip(flat_state[::2], flat_state[1::2], strict=True))
+            outputs.append(state[-1][0])
             maps.append(weights)
             if cache is not None:
                 for i, (h, c) in enumerate(state):
@@ -576,6 +646,9 @@ class CaptionerLSTMDecoder(nn.Module):
 
 
 def build_gpt2_decoder(config: CaptionerConfig) -> GPT2LMHeadModel:
+    fallback = attention_fallback(GPT2LMHeadModel, config.text_config._attn_implementation)
+    if fallback is not None:
+        config.text_config._attn_implementation = fallback
     return GPT2LMHeadModel(config.text_config)
 
 
@@ -634,7 +707,7 @@ class CaptionerGPT2CrossAttention(GPT2Attention):
         if implementation == "eager" and self.reorder_and_upcast_attn:
             attn_output, attn_weights = self._upcast_and_reordered_attn(query, key, value, mask)
         else:
-            attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+            attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, gpt2_eager_attention_forward)
             attn_output, attn_weights = attention(
                 self,
                 query,
@@ -693,7 +766,15 @@ class CaptionerPreTrainedModel(PreTrainedModel):
     base_model_prefix = "captioner"
     main_input_name = "pixel_values"
     input_modalities = ("image", "text")
+    # Attention runs through transformers' registry (ALL_ATTENTION_FUNCTIONS) in the bridge, the Transformer decoder,
+    # GPT-2 and 🤗 vision backbones; `attn_implementation=` picks it for all of them.
     _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    # The forward has no data-dependent branches: generate() compiles its decoding step with a static cache.
+    _can_compile_fullgraph = True
+    supports_gradient_checkpointing = True
     _no_split_modules = ["CaptionerEncoderLayer", "CaptionerDecoderLayer", "GPT2Block"]
 
 
@@ -739,12 +820,55 @@ class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixi
     def _reorder_cache(self, cache: Cache, beam_idx: torch.LongTensor) -> Cache:
         # Beam search only moves beams within an image (beam_idx = image * num_beams + beam), and every beam of an
         # image holds the same cross-attention keys/values: reordering them would copy every layer's K/V each step to
-        # change nothing. The self-attention part (and the LSTM state kept there) is reordered as usual.
-        if isinstance(cache, EncoderDecoderCache):
-            cache.self_attention_cache.reorder_cache(beam_idx)
-        else:
-            cache.reorder_cache(beam_idx)
+        # change nothing. The self-attention part (and the LSTM state kept there) is reordered as usual, a static
+        # layer in place: the compiled decoding step (and its CUDA graph) reads its tensors at fixed addresses.
+        self_attention = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
+        if not any(isinstance(layer, StaticLayer) for layer in self_attention.layers):
+            self_attention.reorder_cache(beam_idx)
+            return cache
+        for layer in self_attention.layers:
+            if layer.is_initialized:
+                layer.keys.copy_(layer.keys.index_select(0, beam_idx.to(layer.keys.device)))
+                layer.values.copy_(layer.values.index_select(0, beam_idx.to(layer.values.device)))
         return cache
+
+    def _beam_search(self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus, **kwargs):
+        # transformers compiles the one-token step of greedy search and sampling, but beam search calls the model
+        # directly. With a static cache, its steps after the (eager) first one go to a compiled forward here too.
+        args = (input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus)
+        if not self._valid_auto_compile_criteria(kwargs, generation_config):
+            return super()._beam_search(*args, **kwargs)
+        compile_config = generation_config.compile_config or self._default_compile_config()
+        previous = self.__dict__.get("forward")
+        eager = self.forward
+        if getattr(self, "_compiled_step_config", None) != compile_config:
+            self._compiled_step = torch.compile(eager, **compile_config.to_dict())
+            self._compiled_step_config = compile_config
+
+        def forward(*call_args, **call_kwargs):
+            # The first step fills the cross-attention cache (is_updated); every later one has the same shapes.
+            cache = call_kwargs.get("cache")
+            step = self._compiled_step if cache is not None and cache.is_updated.get(0) else eager
+            return step(*call_args, **call_kwargs)
+
+        self.forward = forward  # what `self(...)` in transformers' beam search reaches
+        try:
+            return super()._beam_search(*args, **kwargs)
+        finally:
+            if previous is None:
+                del self.forward
+            else:
+                self.forward = previous
+
+    def _prepare_static_cache(self, cache_implementation: str, batch_size: int, max_cache_len: int, *args, **kwargs):
+        # The compiled step does not check caption length (a data-dependent branch); the cache's length is checked
+        # here, once, against the decoder's positions.
+        if self.config.decoder_type == "transformer" and max_cache_len > self.config.max_position_embeddings:
+            raise ValueError(
+                f"A static cache of {max_cache_len} tokens is longer than the decoder's max_position_embeddings="
+                f"{self.config.max_position_embeddings}; lower max_new_tokens or max_length."
+            )
+        return super()._prepare_static_cache(cache_implementation, batch_size, max_cache_len, *args, **kwargs)
 
     def _expand_inputs_for_generation(
         self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None, **kwargs
@@ -852,7 +976,8 @@ class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixi
             encoder_outputs = BaseModelOutput(*encoder_outputs)
 
         if labels is not None:
-            self._check_labels(labels)
+            if not is_torchdynamo_compiling():  # a data-dependent check: eager calls only
+                self._check_labels(labels)
             use_cache = False
             if decoder_input_ids is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
