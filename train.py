@@ -17,6 +17,7 @@ import PIL.Image
 import torch
 from accelerate import Accelerator
 from accelerate.utils import (
+    DataLoaderConfiguration,
     DistributedDataParallelKwargs,
     DistributedType,
     broadcast_object_list,
@@ -74,7 +75,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     data.add_argument("--max_train_samples", type=int, default=None)
     data.add_argument("--max_eval_samples", type=int, default=None, help="Validation images scored per epoch.")
-    data.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes.")
+    data.add_argument(
+        "--num_workers",
+        type=int,
+        default=None,
+        help="DataLoader worker processes (training, validation and test). Default: on a GPU min(8, CPU cores per "
+        "process), for webdataset no more than the training shard files per process (each worker reads files of its "
+        "own); on a CPU 0, since workers would take the cores the training step runs on.",
+    )
     model = parser.add_argument_group("model")
     model.add_argument(
         "--preset",
@@ -159,6 +167,31 @@ def parse_args(argv=None) -> argparse.Namespace:
         "over gloo. Needed to run several processes on a machine without GPUs.",
     )
     optim.add_argument("--seed", type=int, default=0)
+    speed = parser.add_argument_group("speed (on a GPU)")
+    speed.add_argument(
+        "--torch_compile",
+        action="store_true",
+        help="Compile the training step's forward and backward with torch.compile: slow first steps (and one more "
+        "compilation per new caption length at first), faster ones after. Validation and the saved model stay eager.",
+    )
+    speed.add_argument(
+        "--torch_compile_mode",
+        default=None,
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        help="torch.compile's mode, with --torch_compile.",
+    )
+    speed.add_argument(
+        "--torch_compile_backend",
+        default=None,
+        help="torch.compile's backend, with --torch_compile (default: inductor; aot_eager checks capture without "
+        "generating code).",
+    )
+    speed.add_argument(
+        "--gradient_checkpointing",
+        action="store_true",
+        help="Keep only each layer's inputs for the backward pass and recompute the rest there: less activation "
+        "memory (a larger batch fits) for about a third more compute, with the same loss and gradients.",
+    )
     augment = parser.add_argument_group("augmentation (training images only)")
     augment.add_argument(
         "--augment", action="store_true", help="Random resized crop and colour jitter (and flips, see --augment_flip)."
@@ -280,6 +313,11 @@ def check_args(args: argparse.Namespace) -> None:
         raise SystemExit("--mixed_precision fp16 needs a GPU; on a CPU use bf16 or no.")
     if args.captions_per_image < 1:
         raise SystemExit(f"--captions_per_image must be at least 1, got {args.captions_per_image}.")
+    if args.num_workers is not None and args.num_workers < 0:
+        raise SystemExit(f"--num_workers must be 0 or more, got {args.num_workers}.")
+    for name in ("torch_compile_mode", "torch_compile_backend"):
+        if getattr(args, name) is not None and not args.torch_compile:
+            raise SystemExit(f"--{name} {getattr(args, name)} needs --torch_compile.")
     if args.captions_per_image > 1 and (args.all_pairs or args.dataset_format in STREAM_FORMATS):
         raise SystemExit(
             "--captions_per_image picks several references of each image from a dataset with one item per image; "
@@ -306,10 +344,123 @@ def default_mixed_precision(args) -> str | None:
     """
     if args.mixed_precision is not None or "ACCELERATE_MIXED_PRECISION" in os.environ:
         return args.mixed_precision
-    if args.cpu or not torch.cuda.is_available():
+    if not on_cuda(args):
         return "no"
     # Without emulation: torch counts a GPU that only emulates bf16 (slowly) as supporting it by default.
     return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+
+
+def on_cuda(args) -> bool:
+    """Whether the run trains on a CUDA GPU: Accelerate takes one where there is one, unless --cpu."""
+    return torch.cuda.is_available() and not args.cpu
+
+
+def default_num_workers(args, device: torch.device, num_processes: int) -> int:
+    """
+    --num_workers when given. Else on a GPU min(8, CPU cores per process on this node), so that image decoding and
+    augmentation keep up with the GPU; a webdataset stream deals its training shard files to (process × worker)
+    readers, so it gets no more workers than it has files per process. On a CPU 0: workers would take the cores the
+    training step computes on.
+    """
+    if args.num_workers is not None:
+        return args.num_workers
+    if device.type != "cuda":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = max(1, min(8, cores // get_int_from_env(["LOCAL_WORLD_SIZE"], 1)))
+    if args.dataset_format == "webdataset":
+        from captioning.shards import expand_shards
+
+        # The last shard is held out for validation and test unless both are given (load_web_splits).
+        held_out = 0 if args.validation_files and args.test_files else 1
+        training_shards = len(expand_shards(args.data_files)) - held_out
+        workers = min(workers, max(1, training_shards // num_processes))
+    return workers
+
+
+def uses_channels_last(model, device: torch.device) -> bool:
+    """Whether the backbone's weights and the images go channels-last (NHWC): on CUDA, for a convolutional backbone
+    (ResNet, ConvNeXt: configs with `hidden_sizes`), whose cuDNN convolutions run NHWC natively on tensor cores
+    (PyTorch's channels-last tutorial). A ViT cuts its images into patches and gains nothing; a CPU keeps NCHW."""
+    return device.type == "cuda" and bool(getattr(model.encoder.backbone.config, "hidden_sizes", None))
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """--gradient_checkpointing on the model before `accelerator.prepare`: its checkpointing layers (decoder layers,
+    the bridge's encoder layers, a 🤗 backbone's own) recompute their activations in the backward pass. Non-reentrant
+    checkpointing, torch's recommended kind: it works with frozen inputs, keyword arguments and torch.compile, and
+    replays the same dropout masks."""
+    kwargs = {"use_reentrant": False}
+    try:
+        if hasattr(model, "activation_checkpointing_enable"):  # its name in later transformers 5 releases
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    except ValueError as error:
+        raise SystemExit(f"--gradient_checkpointing: {error}") from error
+
+
+def compiled(model, args, accelerator):
+    """The prepared model compiled with torch.compile (--torch_compile), to run the training step's forward (its
+    backward is compiled with it); else `model`. Only the step runs compiled: validation generates with the eager
+    model, and saving, unwrapping and checkpoints see the prepared model as without the flag (no `_orig_mod.` in
+    parameter names), so a run can resume with or without --torch_compile."""
+    if not args.torch_compile:
+        return model
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise SystemExit(
+            "--torch_compile with DeepSpeed: DeepSpeed compiles its engine itself (its config's compile section); "
+            "leave out --torch_compile, or use DDP or FSDP."
+        )
+    return torch.compile(model, mode=args.torch_compile_mode, backend=args.torch_compile_backend or "inductor")
+
+
+def token_share(accelerator, num_tokens: int) -> float | torch.Tensor | None:
+    """
+    This process's share of the step's caption tokens, all processes together; None where no process has a token
+    (every image of the step failed to decode). With one process 1.0; with several a float64 tensor on the device,
+    never read back by a process that has tokens of its own: only one with none (its images all failed) waits for the
+    sum to learn whether the others have any. So a step costs no host synchronisation.
+    """
+    if accelerator.num_processes == 1:
+        return 1.0 if num_tokens else None
+    # Pageable memory: the copy returns once the number is staged, without waiting for the device.
+    local = torch.tensor(float(num_tokens), dtype=torch.float64).to(accelerator.device, non_blocking=True)
+    total = accelerator.reduce(local, "sum")
+    if num_tokens == 0 and total.item() == 0:
+        return None
+    return local / total
+
+
+class StepTallies:
+    """
+    What the training loop adds up step by step without waiting for the device: the loss since the last logging step
+    (each forward's token-mean loss times its process's token share, summed in float64 on the device) and the images
+    this process dropped (a host count). They are read, summed over processes, at logging steps
+    (`mean_loss`) and at checkpoints and epoch ends (`take_dropped`), which all processes reach together.
+    """
+
+    def __init__(self):
+        self.loss: float | torch.Tensor = 0.0
+        self.count = 0
+        self.dropped = 0
+
+    def add_loss(self, loss: torch.Tensor, share: float | torch.Tensor) -> None:
+        self.loss = self.loss + loss.detach().double() * share
+        self.count += 1
+
+    def mean_loss(self, accelerator) -> float:
+        """The mean loss of the forwards since the last call, over all processes; the sum starts again."""
+        total = torch.as_tensor(self.loss, dtype=torch.float32, device=accelerator.device)
+        mean = accelerator.reduce(total, "sum").item() / self.count
+        self.loss, self.count = 0.0, 0
+        return mean
+
+    def take_dropped(self, accelerator) -> int:
+        """Images dropped by all processes since the last call."""
+        dropped = accelerator.reduce(torch.tensor(self.dropped, device=accelerator.device), "sum").item()
+        self.dropped = 0
+        return int(dropped)
 
 
 def augmentation_of(args) -> tuple[ImageAugmentation | None, AugmentationSchedule]:
@@ -369,10 +520,13 @@ class CachedFeatures(torch.utils.data.Dataset):
         return item if item is None else {**item, "vision_features": self.cache.get([index])[0]}
 
 
-def step_inputs(model, batch: dict, cache: FeatureCache | None, device) -> dict:
+def step_inputs(model, batch: dict, cache: FeatureCache | None, device, channels_last: bool = False) -> dict:
     """The model inputs of one training step. The loss is computed outside (label smoothing, EOS suppression), so the
     model gets decoder inputs, not labels. With a `cache` (the backbone is frozen), image features are read from it
-    (or computed and stored); without one, the backbone runs on pixel_values."""
+    (or computed and stored); without one, the backbone runs on pixel_values (channels-last with `channels_last`)."""
+    pixel_values = batch.get("pixel_values")
+    if channels_last and pixel_values is not None:
+        pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
     inputs = {
         "decoder_input_ids": model.prepare_decoder_input_ids_from_labels(batch["labels"]),
         "decoder_attention_mask": batch["decoder_attention_mask"],
@@ -383,10 +537,10 @@ def step_inputs(model, batch: dict, cache: FeatureCache | None, device) -> dict:
     if cache is not None and "vision_features" in batch:
         inputs["vision_features"] = batch["vision_features"].to(model.dtype)
     elif cache is not None:
-        features = cached_vision_features(model, cache, batch["indices"], batch["pixel_values"])
+        features = cached_vision_features(model, cache, batch["indices"], pixel_values)
         inputs["vision_features"] = features.to(device, model.dtype)
     else:
-        inputs["pixel_values"] = batch["pixel_values"].to(model.dtype)
+        inputs["pixel_values"] = pixel_values.to(model.dtype)
     return inputs
 
 
@@ -532,6 +686,8 @@ def main(argv=None) -> dict:
         mixed_precision=mixed_precision,
         log_with=args.report_to if args.with_tracking else None,
         project_dir=str(output_dir),
+        # With the DataLoaders' pinned memory on a GPU: a batch copies to the GPU while the previous step computes.
+        dataloader_config=DataLoaderConfiguration(non_blocking=on_cuda(args)),
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if not accelerator.is_main_process:
@@ -552,6 +708,8 @@ def main(argv=None) -> dict:
             logger.warning(f"--{name} {getattr(args, name)} is overridden by the accelerate launch setting {value}")
         setattr(args, name, value)
     logger.info(f"mixed precision: {accelerator.mixed_precision} ({chosen_by})")
+    args.num_workers = default_num_workers(args, accelerator.device, accelerator.num_processes)
+    pin_memory = accelerator.device.type == "cuda"
     set_seed(args.seed)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -652,6 +810,7 @@ def main(argv=None) -> dict:
             batch_size=args.per_device_train_batch_size,
             collate_fn=StreamCollator(collator),
             num_workers=args.num_workers,
+            pin_memory=pin_memory,
             # Kept from epoch to epoch: no fork of the training process, no new downloader start-up per epoch.
             persistent_workers=args.num_workers > 0,
         )
@@ -665,8 +824,21 @@ def main(argv=None) -> dict:
             sampler=sampler,
             collate_fn=collator,
             num_workers=args.num_workers,
+            pin_memory=pin_memory,
         )
 
+    if args.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    channels_last = uses_channels_last(model, accelerator.device)
+    if channels_last:
+        model.encoder.backbone.to(memory_format=torch.channels_last)
+    compile_with = f"{args.torch_compile_backend or 'inductor'}, mode {args.torch_compile_mode or 'default'}"
+    logger.info(
+        f"speed: {args.num_workers} DataLoader worker(s); pinned memory and non-blocking copies "
+        f"{'on' if pin_memory else 'off'}; channels_last {'on' if channels_last else 'off'}; torch.compile "
+        f"{compile_with if args.torch_compile else 'off'}; gradient checkpointing "
+        f"{'on' if args.gradient_checkpointing else 'off'}"
+    )
     optimizer = build_adamw(
         optimizer_groups(model, schedule, args.learning_rate, args.weight_decay),
         accelerator.device,
@@ -712,7 +884,8 @@ def main(argv=None) -> dict:
     prepare_for_strategy(accelerator, model, schedule)
     if streaming:
         model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
-        train_loader = StreamLoader(train_loader, accelerator.device)  # not split again: the stream deals its rows
+        # Not split again: the stream deals its rows.
+        train_loader = StreamLoader(train_loader, accelerator.device, non_blocking=pin_memory)
     else:
         model, optimizer, train_loader, lr_scheduler = accelerator.prepare(
             model, optimizer, train_loader, lr_scheduler
@@ -770,12 +943,13 @@ def main(argv=None) -> dict:
     logger.info(f"AdamW: {adamw_implementation(optimizer)} (--optim {args.optim}{why}; a resumed run keeps its own)")
 
     unwrapped = accelerator.unwrap_model(model)
+    forward = compiled(model, args, accelerator)
     checkpoint_every = None if args.checkpointing_steps == "epoch" else int(args.checkpointing_steps)
     progress = tqdm(
         total=max_train_steps, initial=state["completed_steps"], disable=not accelerator.is_local_main_process
     )
     started = time.perf_counter() - state["train_seconds"]
-    running = {"loss": 0.0, "count": 0}
+    tallies = StepTallies()
     placeholder = None
     budget = (
         None if args.max_train_minutes is None else TimeBudget(60 * args.max_train_minutes, state["train_seconds"])
@@ -784,6 +958,8 @@ def main(argv=None) -> dict:
     def out_of_time() -> bool:
         if budget is None:
             return False
+        if accelerator.num_processes == 1:
+            return budget.expired
         # One process going on alone would wait for the others at its next all-reduce forever: all stop together.
         return accelerator.reduce(torch.tensor(int(budget.expired), device=accelerator.device), "sum").item() > 0
 
@@ -831,11 +1007,9 @@ def main(argv=None) -> dict:
             state["batches_in_epoch"] += 1
             if streaming:
                 stream_progress.update(batch.pop("stream"))
-            num_tokens = int((batch["labels"] != -100).sum()) if "labels" in batch else 0
-            counts = torch.tensor([num_tokens, batch.pop("num_dropped", 0)], device=accelerator.device)
-            step_tokens, dropped = accelerator.reduce(counts, "sum").tolist()
-            state["dropped"] += dropped
-            if step_tokens == 0:  # every image of this step failed to decode, on every process: nothing to learn
+            tallies.dropped += batch.pop("num_dropped", 0)
+            share = token_share(accelerator, batch.pop("num_tokens", 0))
+            if share is None:  # every image of this step failed to decode, on every process: nothing to learn
                 continue
             standing_in = "labels" not in batch
             if standing_in:
@@ -847,14 +1021,14 @@ def main(argv=None) -> dict:
                 unwrapped.eval()  # no BatchNorm statistics from a black image
             labels = batch["labels"]
             use_cache = cache if frozen_encoder and not standing_in else None
-            inputs = step_inputs(unwrapped, batch, use_cache, accelerator.device)
+            inputs = step_inputs(unwrapped, batch, use_cache, accelerator.device, channels_last)
             # Processes average their gradients; weighting each one's token-mean loss by its share of the step's
             # tokens makes that average the token mean over the global batch, as a single process computes it (the
             # optional EOS and attention penalties, weighted alike, come close to their single-process values).
-            share = num_tokens / step_tokens
+            weight = share * accelerator.num_processes  # with several processes a float64 tensor, cast below
             with accelerator.accumulate(model):
-                outputs = model(**inputs)
-                loss, parts = caption_loss(
+                outputs = forward(**inputs)
+                loss, _ = caption_loss(
                     outputs.logits,
                     labels,
                     label_smoothing=args.label_smoothing,
@@ -864,7 +1038,7 @@ def main(argv=None) -> dict:
                 )
                 if outputs.attention_penalty is not None:  # Show, Attend and Tell's attention regularisation
                     loss = loss + outputs.attention_penalty
-                accelerator.backward(loss * (share * accelerator.num_processes))
+                accelerator.backward(loss * (weight.to(loss.dtype) if torch.is_tensor(weight) else weight))
                 if accelerator.sync_gradients and args.max_grad_norm:
                     accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], args.max_grad_norm)
                 optimizer.step()
@@ -872,8 +1046,7 @@ def main(argv=None) -> dict:
                 optimizer.zero_grad()
             if standing_in:
                 train_mode(unwrapped, groups)
-            running["loss"] += loss.item() * share
-            running["count"] += 1
+            tallies.add_loss(loss, share)
             if not accelerator.sync_gradients:
                 continue
             state["completed_steps"] += 1
@@ -883,22 +1056,21 @@ def main(argv=None) -> dict:
                 if state["planned_steps"] is None and budget.timed_steps == 10:
                     max_train_steps = replan()  # a first plan; each epoch's end corrects it
             if state["completed_steps"] % args.logging_steps == 0:
-                step_loss = accelerator.reduce(torch.tensor(running["loss"], device=accelerator.device), "sum")
                 record = {
                     "step": state["completed_steps"],
                     "epoch": epoch,
-                    "loss": step_loss.item() / running["count"],
+                    "loss": tallies.mean_loss(accelerator),
                     "lr": lr_scheduler.get_last_lr()[0],
                     "stage": schedule.stage_index(epoch) + 1,
                 }
                 if args.augment:
                     record["augmentation_strength"] = collator.augmentation_strength(epoch)
-                running = {"loss": 0.0, "count": 0}
                 state["history"].append(record)
                 progress.set_postfix(loss=f"{record['loss']:.3f}", stage=record["stage"])
                 if args.with_tracking:
                     accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=record["step"])
             if checkpoint_every and state["completed_steps"] % checkpoint_every == 0:
+                state["dropped"] += tallies.take_dropped(accelerator)
                 if budget is not None:
                     state["train_seconds"] = budget.elapsed
                 if streaming:
@@ -914,6 +1086,7 @@ def main(argv=None) -> dict:
                 break
 
         # End of epoch: report the stream, score generated validation captions, keep the best model by CIDEr-D.
+        state["dropped"] += tallies.take_dropped(accelerator)
         if budget is not None:
             budget.begin_validation()
         state["epoch"], state["batches_in_epoch"], state["stream"] = epoch + 1, 0, None
@@ -980,7 +1153,7 @@ def main(argv=None) -> dict:
     # which releases the GIL while Gloo's worker threads finish. Left to the interpreter's exit, the wrapper's
     # teardown joins those threads holding the GIL, and one still freeing a gathered tensor waits for it forever
     # (pytorch/pytorch#190489; seen as a 1-in-10 hang at exit with two CPU processes).
-    del model, optimizer, lr_scheduler
+    del model, forward, optimizer, lr_scheduler
     accelerator.free_memory()
 
     return finish(args, accelerator, output_dir, splits, state, train_seconds)

@@ -51,6 +51,8 @@ class CaptionCollator:
         - `image_ids` (`list[str]`) and `indices` (`list[int]`, each item's index in its `CaptionDataset`).
         - `num_dropped` (`int`): items that were `None` (images that failed to load) and were left out. A batch in
           which every item was `None` has no `pixel_values`, `labels` or `decoder_attention_mask`: skip it.
+        - `num_tokens` (`int`): the caption tokens of `labels` (those not -100), counted here, before the batch moves
+          to an accelerator, so the training loop can weigh its loss without reading a tensor back from the device.
 
     Args:
         processor (`CaptionerProcessor`): its image processor makes `pixel_values` and its tokenizer `labels`.
@@ -142,6 +144,7 @@ class CaptionCollator:
             "references": [list(item["captions"]) for item in kept],
             "captions": [],
             "num_dropped": len(items) - len(kept),
+            "num_tokens": 0,
         }
         if not kept:
             return batch
@@ -167,6 +170,7 @@ class CaptionCollator:
         labels = self.processor(text_target=batch["captions"], max_length=self.max_length)["labels"]
         batch["labels"] = labels
         batch["decoder_attention_mask"] = (labels != -100).long()
+        batch["num_tokens"] = int(batch["decoder_attention_mask"].sum())
         return batch
 
     def _pixel_values(self, items: list[dict[str, Any]], captions: list[list[str]], epoch: int) -> torch.Tensor:

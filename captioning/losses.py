@@ -22,13 +22,14 @@ def caption_loss(
             captions that stop early: before position `eos_min_length`, add `eos_penalty * -log(1 - p(EOS))` where
             the reference does not end there.
 
-    Returns: the loss and its parts (floats, for logging).
+    Returns: the loss and its parts (detached 0-dim tensors on the loss's device, for logging: reading one is a host
+    synchronisation, so read them at logging steps only).
     """
     vocab_size = logits.shape[-1]
     cross_entropy = F.cross_entropy(
         logits.float().reshape(-1, vocab_size), labels.reshape(-1), ignore_index=-100, label_smoothing=label_smoothing
     )
-    parts = {"cross_entropy": cross_entropy.item()}
+    parts = {"cross_entropy": cross_entropy.detach()}
     if eos_penalty <= 0 or eos_min_length <= 0:
         return cross_entropy, parts
     if eos_token_id is None:
@@ -36,9 +37,10 @@ def caption_loss(
     length = labels.shape[1]
     early = torch.arange(length, device=labels.device) < eos_min_length
     where = early & (labels != -100) & (labels != eos_token_id)
-    if not where.any():
-        return cross_entropy, {**parts, "eos_suppression": 0.0}
     p_eos = logits.float().softmax(-1)[..., eos_token_id]
-    suppression = -torch.log1p(-p_eos[where].clamp(max=1 - 1e-6)).mean()
-    parts["eos_suppression"] = suppression.item()
+    # A masked mean, not `p_eos[where]`: boolean indexing (like asking `where.any()`) waits for the device to say how
+    # many positions there are. Without an early position the penalty is 0.
+    penalties = -torch.log1p(-p_eos.clamp(max=1 - 1e-6))
+    suppression = torch.where(where, penalties, 0.0).sum() / where.sum().clamp(min=1)
+    parts["eos_suppression"] = suppression.detach()
     return cross_entropy + eos_penalty * suppression, parts

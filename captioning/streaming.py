@@ -287,9 +287,13 @@ class StreamLoader:
         loader (`torch.utils.data.DataLoader`): a DataLoader over a `CaptionStream`.
         device (`torch.device`, *optional*): where batches go.
         prefetch (`int`, *optional*, defaults to 2): batches received ahead of the training loop.
+        non_blocking (`bool`, *optional*, defaults to `False`): copy to `device` without waiting for the copy (from a
+            DataLoader with `pin_memory=True`, as Accelerate's `DataLoaderConfiguration(non_blocking=True)` does).
     """
 
-    def __init__(self, loader: torch.utils.data.DataLoader, device=None, prefetch: int = 2):
+    def __init__(
+        self, loader: torch.utils.data.DataLoader, device=None, prefetch: int = 2, non_blocking: bool = False
+    ):
         from accelerate.data_loader import DataLoaderStateMixin
         from accelerate.state import GradientState
 
@@ -297,7 +301,7 @@ class StreamLoader:
         self._state = type("StreamLoaderState", (DataLoaderStateMixin,), {})()
         self._state.gradient_state = GradientState()
         self._state._drop_last = True  # no remainder to account for: the stream pads its shards itself
-        self.loader, self.device, self.prefetch = loader, device, prefetch
+        self.loader, self.device, self.prefetch, self.non_blocking = loader, device, prefetch, non_blocking
 
     @property
     def dataset(self) -> CaptionStream:
@@ -321,7 +325,11 @@ class StreamLoader:
             while current is not end:
                 following = next(batches, end)  # one ahead, to know which batch is the last
                 self._state.end_of_dataloader = following is end
-                yield current if self.device is None else send_to_device(current, self.device)
+                yield (
+                    current
+                    if self.device is None
+                    else send_to_device(current, self.device, non_blocking=self.non_blocking)
+                )
                 current = following
         finally:
             self._state.end()

@@ -189,3 +189,51 @@ def test_trainer_collator_refuses_several_captions_per_image(tokenizer):
     processor = CaptionerProcessor(build_image_processor(config), tokenizer)
     with pytest.raises(ValueError, match="captions_per_image > 1 is for train.py"):
         TrainerCollator(processor, captions_per_image=5)
+
+
+def test_trainer_compiles_and_checkpoints_layers_through_training_arguments(tokenizer, tmp_path):
+    """The Trainer's own switches reach the captioner: `torch_compile` (here with the aot_eager backend, inductor's
+    C++ compilation takes a minute on two CPU cores) and gradient (activation) checkpointing, non-reentrant, train
+    with the plain run's losses, and the saved model loads."""
+    from torch._dynamo.utils import counters
+    from transformers import AutoModel
+
+    splits = load_caption_splits("synthetic", sizes=(32, 8, 8))
+    runs = {}
+    for name, fast in (("plain", {}), ("fast", FAST_TRAINING)):
+        model = tiny_model("resnet", "transformer", tokenizer)
+        processor = CaptionerProcessor(build_image_processor(model.config), tokenizer)
+        collator = TrainerCollator(processor, max_length=model.config.max_position_embeddings)
+        torch._dynamo.reset()
+        counters.clear()
+        trainer = Seq2SeqTrainer(
+            model=model,
+            args=trainer_args(tmp_path / name, max_steps=2, logging_steps=1, **fast),
+            train_dataset=SkipFailedImages(splits["train"]),
+            data_collator=collator,
+            callbacks=[CaptionTrainingCallback(collator)],
+        )
+        trainer.train()
+        runs[name] = [record["loss"] for record in trainer.state.log_history if "loss" in record]
+        trainer.save_model(tmp_path / name / "model")
+    assert not counters["graph_break"] and counters["stats"]["unique_graphs"] >= 1
+    torch._dynamo.reset()
+    assert len(runs["fast"]) == 2 and runs["fast"] == pytest.approx(runs["plain"], rel=1e-5)
+    assert getattr(model, f"is_{CHECKPOINTING}")
+    saved = AutoModel.from_pretrained(tmp_path / "fast" / "model")
+    for name, value in saved.state_dict().items():
+        torch.testing.assert_close(value, model.state_dict()[name], msg=name)
+
+
+# transformers 5.2x renamed gradient checkpointing to activation checkpointing (the old names warn until v6).
+CHECKPOINTING = next(
+    name
+    for name in ("activation_checkpointing", "gradient_checkpointing")
+    if name in {field.name for field in dataclasses.fields(Seq2SeqTrainingArguments)}
+)
+FAST_TRAINING = {
+    "torch_compile": True,
+    "torch_compile_backend": "aot_eager",
+    CHECKPOINTING: True,
+    f"{CHECKPOINTING}_kwargs": {"use_reentrant": False},
+}

@@ -169,7 +169,11 @@ def test_caption_loss_label_smoothing_and_eos_suppression():
     where = torch.tensor([[True, True, True, False, False], [True, False, False, False, False]])
     penalty = -torch.log1p(-p_eos[where]).mean()
     torch.testing.assert_close(suppressed, plain + 2.0 * penalty)
-    assert parts["eos_suppression"] == pytest.approx(penalty.item())
+    assert parts["eos_suppression"].item() == pytest.approx(penalty.item())
+    # Captions that end at once have no early position to suppress EOS at: no penalty, the loss is the cross-entropy.
+    ended = torch.tensor([[3, -100, -100, -100, -100], [3, -100, -100, -100, -100]])
+    unsuppressed, parts = caption_loss(logits, ended, eos_token_id=3, eos_min_length=3, eos_penalty=2.0)
+    assert parts["eos_suppression"].item() == 0.0 and unsuppressed.item() == caption_loss(logits, ended)[0].item()
     with pytest.raises(ValueError, match="eos_token_id"):
         caption_loss(logits, labels, eos_min_length=3, eos_penalty=1.0)
 
