@@ -13,6 +13,7 @@ import json
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, TextIO
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 PROG = "captioner caption"
 FORMATS = ("text", "jsonl", "csv")
 DTYPES = ("float32", "float16", "bfloat16")
+COMPILE_CHOICES = ("auto", "yes", "no")
 # Options passed to model.generate only when given: everything else comes from the model's generation_config.
 GENERATION_OPTIONS = (
     "num_beams",
@@ -199,8 +201,23 @@ def generation_kwargs(options: dict, model) -> dict:
     return chosen
 
 
+def default_num_workers(device: torch.device) -> int:
+    """Reading threads when `--num_workers` is not given: 4 (downloads wait on the network more than on a core), and
+    on a GPU one per core up to 8, so that JPEG decoding keeps up with a compiled decoder."""
+    if device.type != "cuda":
+        return 4
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(4, min(8, cores))
+
+
 def _prefetched(sources: list[str], prepare: Callable, workers: int, window: int) -> Iterator[tuple[str, Future]]:
-    """(source, future of prepare(source)) in input order, with at most `window` sources read ahead."""
+    """
+    (source, future of prepare(source)) in input order, with at most `window` sources read ahead.
+
+    Memory stays bounded however many sources there are: a source is submitted only when one leaves the window, so at
+    most `window` prepared results exist beyond those the consumer holds. A consumer ahead of the readers blocks in
+    `future.result()` (a lock wait, not a spin).
+    """
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="captioner-read")
     try:
         remaining = iter(sources)
@@ -227,6 +244,8 @@ def caption_sources(
     max_bytes: int = 20_000_000,
     on_error: Callable[[SourceError], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    pad_to: int | None = None,
+    warm_up: Callable[[torch.Tensor], None] | None = None,
 ) -> Iterator[tuple[str, list[str]]]:
     r"""
     Caption image files and URLs in batches: `(source, captions)` for every source that could be read, in input
@@ -256,6 +275,12 @@ def caption_sources(
             Called with every source that cannot be read (its message names it); without it, the error is raised.
         on_progress (`Callable[[int], None]`, *optional*):
             Called with the number of sources finished (captioned or failed), batch by batch.
+        pad_to (`int`, *optional*):
+            Pad a smaller batch (the last one) to this many images by repeating its last image, and drop the extra
+            rows' captions: a compiled decoding step is built for one batch shape and would be rebuilt for another.
+        warm_up (`Callable[[torch.Tensor], None]`, *optional*):
+            Called once with the first batch's pixel values (padded, on the model's device) before it is captioned,
+            e.g. to compile the decoding step for that shape (`captioning.fast_decoding.warm_up`).
     """
     import torch
 
@@ -268,12 +293,21 @@ def caption_sources(
         except (OSError, ValueError) as error:
             raise SourceError(f"{source}: the processor cannot prepare it: {_one_line(error)}") from error
 
+    warmed_up = warm_up is None
+
     def generate(batch: list[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, list[str]]]:
-        pixel_values = torch.cat([pixels for _, pixels in batch]).to(device=model.device, dtype=model.dtype)
+        nonlocal warmed_up
+        images = [pixels for _, pixels in batch]
+        if pad_to is not None and len(images) < pad_to:
+            images += images[-1:] * (pad_to - len(images))
+        pixel_values = torch.cat(images).to(device=model.device, dtype=model.dtype)
+        if not warmed_up:
+            warm_up(pixel_values)
+            warmed_up = True
         with torch.inference_mode():
             ids = model.generate(pixel_values, **generate_kwargs)
         captions = processor.batch_decode(ids, skip_special_tokens=True)
-        per_image = len(captions) // len(batch)
+        per_image = len(captions) // len(images)
         for index, (source, _) in enumerate(batch):
             yield source, captions[index * per_image : (index + 1) * per_image]
 
@@ -380,10 +414,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="text: <image>\\t<caption> lines (the default, unless --output ends in .jsonl or .csv).",
     )
     parser.add_argument("--raw", action="store_true", help="Captions as the tokenizer decodes them ('grass .').")
-    parser.add_argument("-q", "--quiet", action="store_true", help="No progress bars; errors are still reported.")
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="No progress bar, warm-up or throughput lines; errors and notes are still reported.",
+    )
     parser.add_argument("--batch_size", type=_positive_int, default=16, help="Images per generate() call.")
-    parser.add_argument("--num_workers", type=_positive_int, default=4, help="Threads that read and download.")
+    parser.add_argument(
+        "--num_workers",
+        type=_positive_int,
+        help="Threads that read and download (default: 4; on a CUDA GPU one per core, 4 to 8).",
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default: a GPU if any).")
+    parser.add_argument(
+        "--compile",
+        choices=COMPILE_CHOICES,
+        default="auto",
+        help="Decode with a static cache and a compiled step, warmed up on the first batch. auto (the default): on "
+        "a CUDA GPU, for the Transformer and GPT-2 decoders; yes: on any device (compiling takes a while on a CPU); "
+        "no: eager.",
+    )
     parser.add_argument("--dtype", choices=DTYPES, help="Cast the model's weights (default: as saved).")
     parser.add_argument("--timeout", type=_positive_float, default=10.0, help="Seconds for one URL's download.")
     parser.add_argument("--max_bytes", type=_positive_int, default=20_000_000, help="Largest URL body to read.")
@@ -401,6 +452,64 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     generation.add_argument("--repetition_penalty", type=_positive_float)
     generation.add_argument("--seed", type=int, help="Seed torch, so that sampling repeats.")
     parser.set_defaults(run=run)
+
+
+def set_up_decoding(model, choice: str, device: torch.device, note: Callable[[str], None]) -> bool:
+    """
+    Apply `--compile choice` to `model.generation_config`; returns whether generation now takes the compiled
+    static-cache path (which wants a warm-up and batches of one shape). A `yes` the decoder cannot honour is a
+    `note`, and the model keeps its eager path.
+    """
+    from captioning.fast_decoding import enable_fast_decoding, supports_fast_decoding
+
+    if choice == "no":
+        model.generation_config.disable_compile = True
+        return False
+    if not supports_fast_decoding(model):
+        if choice == "yes":
+            decoder = getattr(model.config, "decoder_type", type(model).__name__)
+            note(
+                f"--compile yes: the {decoder} decoder has no static-cache decoding step to compile; captioning "
+                "with its eager path."
+            )
+        return False
+    if choice == "auto" and device.type != "cuda":
+        return False
+    # transformers compiles on accelerators by itself; `yes` asks for it on a CPU as well.
+    return enable_fast_decoding(model, compile=True, all_devices=choice == "yes")
+
+
+def warm_up_decoding(
+    model, pixel_values: torch.Tensor, generate_kwargs: dict, strict: bool, note: Callable[[str], None]
+) -> bool:
+    """
+    Compile the decoding step for `pixel_values`' shape (`captioning.fast_decoding.warm_up`); returns whether the
+    fast path stays on. Where it does not compile, `strict` (`--compile yes`) is an error; otherwise a `note`, and
+    the model goes back to its eager path.
+
+    Raises:
+        `UsageError`: with `strict`, the step does not compile.
+    """
+    import torch
+
+    from captioning import fast_decoding
+
+    device = pixel_values.device
+    cuda = [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else []
+    try:
+        # The warm-up's samples leave --seed's random stream alone: the captions are those of --compile no.
+        with torch.random.fork_rng(devices=cuda):
+            fast_decoding.warm_up(model, pixel_values, **generate_kwargs)
+    except Exception as error:  # torch.compile fails in many ways: no C++ compiler or Triton, an unsupported op, ...
+        reason = _one_line((str(error).strip().splitlines() or [type(error).__name__])[0])
+        if strict:
+            raise UsageError(
+                f"--compile yes: the decoding step does not compile here ({reason}); use --compile no."
+            ) from error
+        fast_decoding.disable_fast_decoding(model)
+        note(f"the decoding step does not compile here ({reason}); captioning eagerly (--compile no skips this).")
+        return False
+    return True
 
 
 def _format_of(output: str | None) -> str:
@@ -429,6 +538,13 @@ def run(args: argparse.Namespace) -> int:
     def report(error: Exception) -> None:
         tqdm.write(f"{PROG}: skipped: {_one_line(error)}", file=sys.stderr)
 
+    def note(message: str) -> None:
+        tqdm.write(f"{PROG}: note: {message}", file=sys.stderr)
+
+    def inform(message: str) -> None:
+        if not args.quiet:
+            tqdm.write(f"{PROG}: {message}", file=sys.stderr)
+
     device = resolve_device(args.device)
     sources, expand_errors = expand_inputs(inputs, recursive=args.recursive)
     for error in expand_errors:
@@ -440,10 +556,22 @@ def run(args: argparse.Namespace) -> int:
         args.model, device, args.dtype, args.revision, args.trust_remote_code, args.quiet
     )
     generate_kwargs = generation_kwargs(vars(args), model)
-    if args.seed is not None:
-        import torch
+    import torch
 
+    if args.seed is not None:
         torch.manual_seed(args.seed)
+    compiled = set_up_decoding(model, args.compile, device, note)
+    warm_up_seconds = 0.0
+
+    def warm_up(pixel_values: torch.Tensor) -> None:
+        nonlocal warm_up_seconds
+        started = time.perf_counter()
+        try:
+            if warm_up_decoding(model, pixel_values, generate_kwargs, strict=args.compile == "yes", note=note):
+                seconds = time.perf_counter() - started
+                inform(f"fast decoding warmed up in {seconds:.1f} s (batches of {len(pixel_values)} images).")
+        finally:
+            warm_up_seconds = time.perf_counter() - started
 
     failures = len(expand_errors)
     captioned = 0
@@ -479,32 +607,43 @@ def run(args: argparse.Namespace) -> int:
             sources,
             generate_kwargs,
             batch_size=args.batch_size,
-            num_workers=args.num_workers,
+            num_workers=args.num_workers or default_num_workers(device),
             timeout=args.timeout,
             max_bytes=args.max_bytes,
             on_error=skip,
             on_progress=progress.update,
+            pad_to=min(args.batch_size, len(sources)) if compiled else None,
+            warm_up=warm_up if compiled else None,
         )
+        started = time.perf_counter()
         for source, captions in results:
             write(source, captions if args.raw else [tidy_caption(caption) for caption in captions])
             captioned += 1
             if captioned % args.batch_size == 0:
                 stream.flush()
         stream.flush()
+        seconds = time.perf_counter() - started - warm_up_seconds
+    rate = captioned / seconds if seconds > 0 else 0.0
+    excluded = f"the {warm_up_seconds:.1f} s warm-up excluded" if compiled else "eager decoding, no warm-up"
+    inform(f"{captioned} image(s) captioned in {seconds:.2f} s ({rate:.2f} images/s; {excluded}), {failures} skipped.")
     if failures:
         tqdm.write(f"{PROG}: {failures} input(s) failed, {captioned} image(s) captioned.", file=sys.stderr)
     return 1 if failures else 0
 
 
 __all__ = [
+    "COMPILE_CHOICES",
     "FORMATS",
     "UsageError",
     "add_arguments",
     "caption_sources",
     "caption_writer",
+    "default_num_workers",
     "generation_kwargs",
     "load_captioner",
     "resolve_device",
     "run",
+    "set_up_decoding",
     "tidy_caption",
+    "warm_up_decoding",
 ]

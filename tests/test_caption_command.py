@@ -1,12 +1,15 @@
 """`captioner caption` on a tiny saved model: the captions it prints are model.generate's, in input order, in every
 output format; folders, globs and URLs (a real local http.server) expand and download; bad inputs are named on stderr
-and skipped with exit status 1; usage errors exit 2 with a sentence; the console script is installed."""
+and skipped with exit status 1; usage errors exit 2 with a sentence; the console script is installed; throughput is
+printed; `--compile yes` gives the eager captions without recompiling for a partial last batch, and falls back with
+a note for the LSTM; reading ahead stays bounded."""
 
 import csv
 import http.server
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,7 +22,7 @@ from conftest import scene_images, tiny_model
 from PIL import Image
 from transformers import AutoModel, AutoProcessor
 
-from captioning.caption import generation_kwargs, tidy_caption
+from captioning.caption import _prefetched, default_num_workers, generation_kwargs, tidy_caption
 from captioning.cli import main
 from captioning.image_sources import SourceError, expand_inputs, fetch_url, read_image
 from modeling_captioner import CaptionerProcessor, build_image_processor, load_image
@@ -274,6 +277,7 @@ def test_urls_download_and_failures_are_named(model_folder, loaded, image_folder
         (["--batch_size", "0"], "argument --batch_size: must be a whole number ≥ 1, got 0"),
         (["--format", "xml"], "argument --format: invalid choice: 'xml'"),
         (["--top_p", "1.5"], "argument --top_p: must be a number in (0, 1], got 1.5"),
+        (["--compile", "maybe"], "argument --compile: invalid choice: 'maybe' (choose from "),
     ],
 )
 def test_usage_errors_exit_2_with_a_sentence(model_folder, image_folder, capsys, flags, message):
@@ -311,6 +315,119 @@ def test_progress_bar_goes_to_stderr_and_output_file(model_folder, image_folder,
     status, out, err = run(capsys, "-m", model_folder, *paths, *FLAGS, "--batch_size", "2", "-q", "-o", output)
     assert (status, out, err) == (0, "", "")
     assert [json.loads(line)["image"] for line in output.read_text().splitlines()] == paths
+
+
+THROUGHPUT = re.compile(
+    r"captioner caption: (\d+) image\(s\) captioned in ([\d.]+) s \(([\d.]+) images/s; (.*)\), (\d+) skipped\."
+)
+
+
+def throughput(err: str) -> tuple[int, float, float, str, int]:
+    """The throughput line's numbers: images, seconds, images/s, what was excluded, skipped."""
+    (match,) = [match for match in map(THROUGHPUT.fullmatch, err.splitlines()) if match]
+    images, seconds, rate, excluded, skipped = match.groups()
+    return int(images), float(seconds), float(rate), excluded, int(skipped)
+
+
+def test_throughput_is_printed_at_the_end(model_folder, image_folder, capsys):
+    paths = [str(image_folder / name) for name in GOOD]
+    started = time.perf_counter()
+    status, out, err = run(
+        capsys, "-m", model_folder, *paths, "missing.png", *FLAGS, "--batch_size", "4", "--device", "cpu"
+    )
+    wall = time.perf_counter() - started
+    assert status == 1 and len(out.splitlines()) == 6
+    images, seconds, rate, excluded, skipped = throughput(err)
+    assert (images, skipped) == (6, 1)
+    assert 0 < seconds < wall
+    # Both numbers are printed to 2 decimals.
+    assert images / (seconds + 0.005) - 0.005 <= rate <= images / max(seconds - 0.005, 1e-9) + 0.005
+    # On a CPU, --compile auto decodes eagerly.
+    assert excluded == "eager decoding, no warm-up"
+    assert err.splitlines()[-1] == "captioner caption: 1 input(s) failed, 6 image(s) captioned."
+
+
+# Greedy (generate() compiles the step of greedy search and sampling, not beam search's); seed 5 with no repeated
+# word gives the six scenes five different captions.
+GREEDY = ["--max_new_tokens", "6", "--min_new_tokens", "3", "--no_repeat_ngram_size", "1", "--device", "cpu"]
+
+
+def test_compiled_decoding_gives_the_eager_captions_with_a_partial_last_batch(
+    model_folder, loaded, image_folder, capsys, monkeypatch
+):
+    paths = [str(image_folder / name) for name in GOOD[:5]]  # batches of 2, 2 and 1
+    expected = [
+        c[0] for c in expected_captions(loaded, paths, max_new_tokens=6, min_new_tokens=3, no_repeat_ngram_size=1)
+    ]
+    assert len(set(expected)) >= 3, "the tiny model's greedy captions are too alike to show order; reseed"
+    status, eager, err = run(
+        capsys, "-m", model_folder, *paths, *GREEDY, "--batch_size", "2", "--compile", "no", "--raw"
+    )
+    assert status == 0, err
+    assert eager.splitlines() == [f"{path}\t{caption}" for path, caption in zip(paths, expected, strict=True)]
+
+    # The warm-up compiles the step for batches of 2; the last batch is padded to 2, so nothing compiles again.
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    status, compiled, err = run(
+        capsys, "-m", model_folder, *paths, *GREEDY, "--batch_size", "2", "--compile", "yes", "--raw"
+    )
+    assert status == 0, err
+    assert compiled == eager
+    assert "fast decoding warmed up in" in err and "(batches of 2 images)" in err
+    images, _, _, excluded, skipped = throughput(err)
+    assert (images, skipped) == (5, 0) and re.fullmatch(r"the [\d.]+ s warm-up excluded", excluded)
+
+
+def test_compile_yes_with_the_lstm_decoder_falls_back_with_a_note(tokenizer, image_folder, tmp_path, capsys):
+    model = tiny_model("resnet", "lstm", tokenizer, seed=SEED)
+    model.save_pretrained(tmp_path)
+    CaptionerProcessor(build_image_processor(model.config), tokenizer).save_pretrained(tmp_path)
+    capsys.readouterr()  # save_pretrained's progress bar
+    paths = [str(image_folder / name) for name in GOOD[:3]]
+    status, eager, err = run(capsys, "-m", tmp_path, *paths, *GREEDY, "--batch_size", "2", "--compile", "no", "-q")
+    assert (status, err) == (0, "")
+    status, out, err = run(capsys, "-m", tmp_path, *paths, *GREEDY, "--batch_size", "2", "--compile", "yes", "-q")
+    assert status == 0 and out == eager
+    assert err == (
+        "captioner caption: note: --compile yes: the lstm decoder has no static-cache decoding step to compile; "
+        "captioning with its eager path.\n"
+    )
+
+
+def test_reading_ahead_is_bounded_and_waits_without_spinning():
+    # A folder of 100k files: the paths are listed, but only `window` images are read ahead of the consumer.
+    sources = [f"{index}.jpg" for index in range(100_000)]
+    started, lock = 0, threading.Lock()
+
+    def prepare(source: str) -> str:
+        nonlocal started
+        with lock:
+            started += 1
+        return source
+
+    consumed = 0
+    for source, future in _prefetched(sources, prepare, workers=8, window=32):
+        assert started <= consumed + 1 + 32
+        assert future.result() == source
+        consumed += 1
+    assert consumed == started == len(sources)
+
+    # Readers slower than the consumer: it blocks on them rather than spinning.
+    def slow(source: str) -> str:
+        time.sleep(0.02)
+        return source
+
+    cpu, wall = time.thread_time(), time.perf_counter()
+    assert [future.result() for _, future in _prefetched(sources[:40], slow, workers=1, window=4)] == sources[:40]
+    assert time.thread_time() - cpu < 0.2 * (time.perf_counter() - wall)
+
+
+def test_default_num_workers_scale_with_the_machine_on_a_gpu(monkeypatch):
+    assert default_num_workers(torch.device("cpu")) == 4
+    for cores, workers in [(2, 4), (6, 6), (64, 8)]:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, cores=cores: set(range(cores)), raising=False)
+        assert default_num_workers(torch.device("cuda")) == workers
 
 
 def test_only_given_generation_options_reach_generate(loaded):
