@@ -179,7 +179,11 @@ def test_command_writes_the_picture_and_exits_2_on_a_missing_image(tokenizer, tm
     image_path = tmp_path / "wide.png"
     wide_image(60, 30).save(image_path)
     output = tmp_path / "out" / "maps.png"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    # The command runs from tmp_path: it imports this checkout's package whether or not it is installed (a GPU
+    # machine with the project on PYTHONPATH only, or none: pytest's `pythonpath` reaches this process alone).
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    pythonpath = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=pythonpath)
     command = [sys.executable, "-m", "captioning.attention_maps", "--model", folder, "--num_beams", "2"]
     completed = subprocess.run(
         [*command, "--image", str(image_path), "--output", str(output), "--layer", "mean"],

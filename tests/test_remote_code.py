@@ -51,6 +51,9 @@ def run_fresh_process(mode: str, folders: list[str], images: list[str], workdir)
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(workdir / "modules"))
     if mode == "remote":
         env["PYTHONPATH"] = ""
+    else:  # this checkout's package, installed or not (pytest's `pythonpath` reaches this process alone)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
     completed = subprocess.run(
         [sys.executable, "-c", FRESH_PROCESS, mode, json.dumps(folders), json.dumps(images)],
         capture_output=True,
