@@ -2,7 +2,8 @@
 
 generate() compiles the model's one-token step (`get_compiled_call`) when the cache is static and the model says its
 forward compiles whole (`_can_compile_fullgraph`). On a GPU that removes the Python and kernel-launch time that bounds
-small-batch decoding; the ids are those of the eager dynamic-cache path (tests/test_fast_decoding.py).
+small-batch decoding; the ids are those of the eager dynamic-cache path (tests/test_fast_decoding.py). The image encoder,
+run once per generate() call, is compiled alongside (without CUDA graphs: its output must outlive the next call).
 
 Usage:
 
@@ -54,6 +55,7 @@ def enable_fast_decoding(
     generation_config = model.generation_config
     generation_config.cache_implementation = "static"
     generation_config.disable_compile = not compile
+    model.encoder.__dict__.pop("forward", None)
     if compile:
         options = {"fullgraph": True, "dynamic": dynamic}
         if mode is not None:
@@ -61,6 +63,9 @@ def enable_fast_decoding(
         compile_config = CompileConfig(**options)
         compile_config._compile_all_devices = all_devices
         generation_config.compile_config = compile_config
+        if all_devices or model.device.type != "cpu":  # where generate() compiles the step
+            # At batch 1 the encoder's eager Python costs as much as several decoding steps (BENCHMARKS.md).
+            model.encoder.forward = torch.compile(model.encoder.forward, fullgraph=True, dynamic=dynamic)
     return True
 
 
@@ -70,6 +75,7 @@ def disable_fast_decoding(model) -> None:
     generation_config.cache_implementation = None
     generation_config.compile_config = None
     generation_config.disable_compile = True
+    model.encoder.__dict__.pop("forward", None)  # the compiled encoder, where enable_fast_decoding set one
 
 
 @torch.inference_mode()

@@ -11,7 +11,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, GenerationMixin, GPT2LMHeadModel, PreTrainedModel
 from transformers.activations import ACT2FN, GELUTanh, NewGELUActivation
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache, StaticLayer
-from transformers.masking_utils import create_causal_mask
+from transformers.masking_utils import create_causal_mask, create_masks_for_generate
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutputWithCrossAttentions, Seq2SeqLMOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -214,9 +214,14 @@ class CaptionerAttention(nn.Module):
         if groups > 1:
             query = fold_captions(query, groups)
         attention = eager_attention_forward
-        if not output_attentions and self.config._attn_implementation != "eager":
+        # A compiled one-token step on a CPU keeps sdpa written out: a single query's attention is two small
+        # matrix-vector products and a softmax that inductor fuses with the ops around them, where SDPA's CPU kernel
+        # is an opaque call with its own start-up (the compiled greedy step runs ~5% faster; BENCHMARKS.md).
+        one_query_on_cpu = query.shape[2] == 1 and query.device.type == "cpu" and is_torchdynamo_compiling()
+        implementation = self.config._attn_implementation
+        if not output_attentions and implementation != "eager" and not (implementation == "sdpa" and one_query_on_cpu):
             # sdpa, flash_attention_2, flex_attention, or a kernel registered by the user.
-            attention = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
+            attention = ALL_ATTENTION_FUNCTIONS[implementation]
         attn_output, attn_weights = attention(
             self,
             query,
@@ -860,6 +865,15 @@ class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixi
             else:
                 self.forward = previous
 
+    def create_masks_for_generate(self, attention_mask: torch.Tensor | None = None, **kwargs):
+        # With a static cache generate() builds the decoder's mask before every step, outside the compiled step (~0.2 ms
+        # of Python a token). Without padding there is nothing to build from: the decoder's own create_causal_mask makes
+        # the mask inside the compiled graph, from the cache's fill level. A padding mask grows by a column a step, so
+        # it still becomes a fixed-shape mask here.
+        if attention_mask is None:
+            return None
+        return create_masks_for_generate(attention_mask=attention_mask, **kwargs)
+
     def _prepare_static_cache(self, cache_implementation: str, batch_size: int, max_cache_len: int, *args, **kwargs):
         # The compiled step does not check caption length (a data-dependent branch); the cache's length is checked
         # here, once, against the decoder's positions.
@@ -868,7 +882,19 @@ class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixi
                 f"A static cache of {max_cache_len} tokens is longer than the decoder's max_position_embeddings="
                 f"{self.config.max_position_embeddings}; lower max_new_tokens or max_length."
             )
-        return super()._prepare_static_cache(cache_implementation, batch_size, max_cache_len, *args, **kwargs)
+        # One cache per shape, reset and handed to the next call, as transformers did before 5.x: allocating a new one
+        # per call costs more than a whole caption's decoding steps on a small model, and a CUDA graph is captured for
+        # fixed tensor addresses. So a GenerateOutput's `cache` is only valid until the next generate() call.
+        model_kwargs = kwargs.get("model_kwargs", args[-1] if args else {})
+        encoder_length = model_kwargs["encoder_outputs"][0].shape[1]
+        shape = (batch_size, encoder_length, self.dtype, self.device)
+        kept = self.__dict__.get("_kept_static_cache")
+        if kept is not None and kept[0] == shape and kept[1].self_attention_cache.get_max_length() >= max_cache_len:
+            kept[1].reset()
+            return kept[1]
+        cache = super()._prepare_static_cache(cache_implementation, batch_size, max_cache_len, *args, **kwargs)
+        self._kept_static_cache = (shape, cache)
+        return cache
 
     def _expand_inputs_for_generation(
         self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None, **kwargs

@@ -55,6 +55,46 @@ def test_static_cache_gives_the_dynamic_cache_ids(decoder, mode, tokenizer):
         torch.testing.assert_close(dynamic_scores, static_scores, atol=1e-5, rtol=1e-5)
 
 
+def test_a_static_cache_is_reused_for_the_same_shape_and_rebuilt_for_another(tokenizer):
+    """generate() hands the cache of one call, reset, to the next call of the same shape (no allocation, the fixed
+    addresses a CUDA graph needs); another batch size, or a longer one, gets a cache of its own. Ids stay those of the
+    dynamic cache throughout, a prompt's (whose decoder mask becomes a fixed-shape one) included."""
+    model = tiny_model("resnet", "transformer", tokenizer)
+    pixel_values = pixels(model)
+    calls = [
+        (pixel_values, 9),
+        (pixel_values, 9),
+        (pixel_values[:2], 9),
+        (pixel_values[:2], 5),
+        (pixel_values[:2], 12),
+    ]
+    caches = []
+    for images, length in calls:
+        kwargs = {"max_new_tokens": length, "return_dict_in_generate": True}
+        dynamic = model.generate(images, **kwargs).sequences
+        static = model.generate(images, cache_implementation="static", **kwargs)
+        assert torch.equal(static.sequences, dynamic)
+        caches.append(static.cache)
+    assert caches[1] is caches[0] and caches[2] is not caches[1]
+    assert caches[3] is caches[2], "a shorter call fits in the cache it has"
+    assert caches[4] is not caches[3]
+    prompt = torch.tensor([[model.config.decoder_start_token_id, 7, 8]] * 2)
+    kwargs = {"decoder_input_ids": prompt, "decoder_attention_mask": torch.ones_like(prompt), "max_new_tokens": 6}
+    dynamic = model.generate(pixel_values[:2], **kwargs)
+    assert torch.equal(model.generate(pixel_values[:2], cache_implementation="static", **kwargs), dynamic)
+
+
+@pytest.mark.parametrize("decoder", ALL_DECODERS)
+def test_the_decoder_text_config_is_read_without_a_copy(decoder, tokenizer):
+    """transformers reads the decoder's layer count through get_text_config(decoder=True) several times a caption;
+    the from-scratch decoders' config is its own text config (no deep copy per call), GPT-2's is its config."""
+    config = tiny_config("resnet", decoder, tokenizer)
+    text = config.get_text_config(decoder=True)
+    assert text is (config.text_config if decoder == "gpt2" else config)
+    assert text.num_hidden_layers == config.decoder_layers
+    assert text.num_attention_heads == config.decoder_attention_heads
+
+
 def test_static_cache_longer_than_the_positions_is_refused(tokenizer):
     model = tiny_model("resnet", "transformer", tokenizer)
     limit = model.config.max_position_embeddings
@@ -64,7 +104,8 @@ def test_static_cache_longer_than_the_positions_is_refused(tokenizer):
 
 @pytest.fixture
 def compile_counter(monkeypatch):
-    """Counts the calls generate() sends to a compiled step (the first one, which fills the caches, runs eagerly)."""
+    """Counts the calls generate() sends to a compiled step (the first one, which fills the caches, runs eagerly), and
+    as "encoder" those to the compiled image encoder."""
     calls = []
     original = torch.compile
 
@@ -72,7 +113,7 @@ def compile_counter(monkeypatch):
         compiled = original(function, **options)
 
         def call(*args, **kwargs):
-            calls.append(kwargs["decoder_input_ids"].shape)
+            calls.append(kwargs["decoder_input_ids"].shape if "decoder_input_ids" in kwargs else "encoder")
             return compiled(*args, **kwargs)
 
         return call
@@ -98,9 +139,12 @@ def test_compiled_decoding_gives_the_eager_ids(decoder, mode, tokenizer, compile
     assert torch.equal(compiled.sequences, again.sequences)
     for eager_scores, compiled_scores in zip(eager.scores, compiled.scores, strict=True):
         torch.testing.assert_close(eager_scores, compiled_scores, atol=1e-4, rtol=1e-4)
-    assert len(compile_counter) == 2 * 8  # 9 tokens: one eager prefill, 8 compiled steps, twice
-    assert all(shape[1] == 1 for shape in compile_counter)
+    # 9 tokens: the compiled encoder, one eager prefill, 8 compiled steps; twice.
+    assert compile_counter.count("encoder") == 2
+    steps = [shape for shape in compile_counter if shape != "encoder"]
+    assert len(steps) == 2 * 8 and all(shape[1] == 1 for shape in steps)
     disable_fast_decoding(model)
+    assert "forward" not in model.encoder.__dict__
     assert torch.equal(generate(model, pixel_values, mode).sequences, eager.sequences)
 
 
@@ -123,10 +167,20 @@ def training_batch(model, seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-@pytest.mark.parametrize("encoder,decoder", [("vit", "transformer"), ("vit", "gpt2"), ("resnet", "lstm")])
-def test_training_forward_compiles_whole(encoder, decoder, tokenizer):
+@pytest.mark.parametrize(
+    "encoder,decoder,backend",
+    [
+        ("resnet", "transformer", "inductor"),  # the main job's model, as train.py --torch_compile compiles it
+        ("vit", "transformer", "aot_eager"),
+        ("vit", "gpt2", "aot_eager"),
+        ("resnet", "lstm", "aot_eager"),
+    ],
+)
+def test_training_forward_compiles_whole(encoder, decoder, backend, tokenizer):
     """`--torch_compile` compiles this forward: fullgraph=True fails on any graph break (backbone, bridge, decoder,
-    loss); the compiled loss and gradients are the eager ones."""
+    loss); the compiled loss and gradients are the eager ones. Past the main job's pair, the capture (dynamo, and
+    AOTAutograd's forward and backward graphs) is checked with the aot_eager backend: inductor's C++ code generation
+    costs a minute more on two cores and checks nothing else here."""
     torch._dynamo.reset()
     model = tiny_model(encoder, decoder, tokenizer).train()
     for module in model.modules():  # the same numbers on both paths: no random dropout masks
@@ -139,7 +193,7 @@ def test_training_forward_compiles_whole(encoder, decoder, tokenizer):
     eager.backward()
     eager_grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
     model.zero_grad()
-    compiled = torch.compile(model, fullgraph=True)(**batch).loss
+    compiled = torch.compile(model, fullgraph=True, backend=backend)(**batch).loss
     compiled.backward()
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
     compiled_grads = [p.grad for p in model.parameters() if p.grad is not None]
