@@ -26,6 +26,14 @@ FLICKR_STYLE = [
 ]
 
 
+def checkout_env(**overrides: str) -> dict[str, str]:
+    """The environment of a subprocess that must import this checkout's packages, installed or not (the GPU machine
+    has the project on PYTHONPATH only, and pytest's `pythonpath` setting reaches pytest's own process alone), offline."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    pythonpath = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=pythonpath, **overrides)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` need CUDA: skipped, with the reason, where torch sees no GPU (CPU-only CI)."""
     if torch.cuda.is_available():

@@ -3,13 +3,12 @@ left out), the same maps generate() computes step by step, a clear error without
 keep the image's aspect ratio, and the command's exit statuses."""
 
 import math
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import scene_images, tiny_model
+from conftest import checkout_env, scene_images, tiny_model
 from PIL import Image
 
 from captioning.attention_maps import caption_attention, draw_attention, main, overlay_attention
@@ -179,11 +178,7 @@ def test_command_writes_the_picture_and_exits_2_on_a_missing_image(tokenizer, tm
     image_path = tmp_path / "wide.png"
     wide_image(60, 30).save(image_path)
     output = tmp_path / "out" / "maps.png"
-    # The command runs from tmp_path: it imports this checkout's package whether or not it is installed (a GPU
-    # machine with the project on PYTHONPATH only, or none: pytest's `pythonpath` reaches this process alone).
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    pythonpath = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=pythonpath)
+    env = checkout_env(OMP_NUM_THREADS="1")  # run from tmp_path, with this checkout's package
     command = [sys.executable, "-m", "captioning.attention_maps", "--model", folder, "--num_beams", "2"]
     completed = subprocess.run(
         [*command, "--image", str(image_path), "--output", str(output), "--layer", "mean"],

@@ -5,14 +5,12 @@ captions, and the static-cache compiled decoding path giving the eager ids for g
 import copy
 import json
 import logging
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import scene_images, tiny_model
+from conftest import checkout_env, scene_images, tiny_model
 from test_train import TINY
 
 import train
@@ -20,7 +18,6 @@ from captioning import cli
 from captioning.fast_decoding import enable_fast_decoding, warm_up
 from modeling_captioner import CaptionerProcessor, build_image_processor
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("fresh_accelerator_state")]
 CUDA = torch.device("cuda")
 
@@ -130,11 +127,7 @@ def test_caption_command_in_bf16_on_cuda_gives_the_fp32_cpu_captions(trained, tm
     assert cli.main([*command, "--device", "cpu", "-q"]) == 0
     expected = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     # As a user runs it without `pip install -e`: the package on PYTHONPATH, no console script.
-    env = dict(
-        os.environ,
-        HF_HUB_OFFLINE="1",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    )
+    env = checkout_env()
     completed = subprocess.run(
         [sys.executable, "-m", "captioning.cli", *command, "--device", "cuda", "--dtype", "bfloat16"],
         capture_output=True,

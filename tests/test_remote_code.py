@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import PAIRS, scene_images, tiny_model
+from conftest import PAIRS, checkout_env, scene_images, tiny_model
 
 from modeling_captioner import CaptionerProcessor, build_image_processor
 
@@ -48,12 +48,9 @@ FRESH_PROCESS = textwrap.dedent(
 def run_fresh_process(mode: str, folders: list[str], images: list[str], workdir) -> dict:
     """Load and caption each folder in a new Python process ("installed": package imported; "remote": package
     unimportable, trust_remote_code); returns what it printed, per folder."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(workdir / "modules"))
+    env = checkout_env(HF_MODULES_CACHE=str(workdir / "modules"))
     if mode == "remote":
         env["PYTHONPATH"] = ""
-    else:  # this checkout's package, installed or not (pytest's `pythonpath` reaches this process alone)
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
     completed = subprocess.run(
         [sys.executable, "-c", FRESH_PROCESS, mode, json.dumps(folders), json.dumps(images)],
         capture_output=True,
