@@ -1,16 +1,21 @@
 """captioner against 🤗 VisionEncoderDecoderModel (VED) in one run, on the built-in synthetic dataset, with the same ViT
 and GPT-2 configs inside both (and captioner's own Transformer decoder at equal parameter count as extra rows):
-training throughput and peak memory, generation throughput and latency, test CIDEr-D / BLEU-4 after equal
+training throughput, MFU and peak memory, generation throughput and latency, test CIDEr-D / BLEU-4 after equal
 wall-clock training, and frozen-encoder epochs with captioner's feature cache against VED with a frozen encoder, in
-both frozen-encoder stages of the ViT + GPT-2 recipe (cross-attention alone, then GPT-2 with it).
+both frozen-encoder stages of the ViT + GPT-2 recipe (cross-attention alone, then GPT-2 with it). With --compiled (the
+default on a GPU), also captioner's fast path beside the eager rows: its training step under torch.compile in bf16
+autocast, and static-cache compiled decoding, against VED as a user runs it (eager) and, with --compile_ved, VED's own
+torch.compile / static-cache path, which transformers supports for VED with a GPT-2 decoder.
 
     python bench/bench_vs_ved.py [--repeats 5] [--minutes 2] [--batch_sizes 32 64] [--device auto] [--quick]
                                  [--parts training memory generation quality frozen] [--preset small]
+                                 [--compiled | --no-compiled] [--compile_ved]
                                  [--frozen_presets small vit-gpt2] [--frozen_stages decoder cross_attention]
                                  [--threads N] [--profile] [--output FILE.json]
 
 Every row is captioner / VED with its spread: speed rows pair repeat i of both models (they run alternately) and
-give the median ratio with its range."""
+give the median ratio with its range. MFU rows divide one step's FLOPs (torch.utils.flop_counter) per second by the
+matmul peak measured in the same run (bf16 8192³ on a GPU, fp32 1024³ on a CPU)."""
 
 import argparse
 import gc
@@ -29,6 +34,13 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
+from bench.ved_fast import (  # noqa: E402
+    compiled_training_rows,
+    fast_generation_rows,
+    matmul_peak,
+    mfu_percent,
+    step_flops,
+)
 from bench.ved_matched import (  # noqa: E402
     BEAM1_TARGET,
     BEAM32_TARGET,
@@ -42,7 +54,10 @@ from bench.ved_matched import (  # noqa: E402
     TrainingRun,
     build_bench,
     build_model,
+    evaluation_pixels,
     extra,
+    fixed_batches,
+    generation_kwargs,
     interleaved,
     make_row,
     parameter_counts,
@@ -61,18 +76,15 @@ MEMORY_STEPS = 2
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def fixed_batches(bench: Bench, batch_size: int, count: int) -> list[dict]:
-    """The same collated batches (same captions, same padding) for every model."""
-    collator, train = bench.collator(), bench.splits["train"]
-    return [collator([train[i] for i in range(k * batch_size, (k + 1) * batch_size)]) for k in range(count)]
-
-
 def training_rows(bench: Bench, batch_sizes: list[int], repeats: int, steps: int) -> list[dict]:
+    """Training img/s of the eager models, and their MFU."""
     models = {name: build_model(name, bench).train() for name in MODELS}
+    peak = matmul_peak(str(bench.device))
     rows = []
     for batch_size in batch_sizes:
         batches = fixed_batches(bench, batch_size, steps)
         runs = {name: TrainingRun(model, bench) for name, model in models.items()}
+        flops = {name: step_flops(run, batches[0]) for name, run in runs.items()}
 
         def images_per_second(run: TrainingRun, size: int = batch_size, work: list = batches) -> float:
             return size * len(work) / seconds(lambda: [run.step(batch) for batch in work], bench.device)
@@ -83,6 +95,10 @@ def training_rows(bench: Bench, batch_sizes: list[int], repeats: int, steps: int
         name = f"train img/s, batch {batch_size}"
         rows.append(make_row("training", name, rates[CAPTIONER], rates[VED], TRAIN_TARGET))
         rows.append(extra("training", name, rates[TRANSFORMER], rates[VED]))
+        mfu = {name: mfu_percent(rates[name], batch_size, flops[name], peak) for name in MODELS}
+        name = f"train MFU %, batch {batch_size}"
+        rows.append(make_row("training", name, mfu[CAPTIONER], mfu[VED]) | {"flops_per_step": flops, "peak": peak})
+        rows.append(extra("training", name, mfu[TRANSFORMER], mfu[VED]))
     return rows
 
 
@@ -172,18 +188,6 @@ def memory_rows(args, bench: Bench) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------------------
 # 2. Generation throughput and latency
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def generation_kwargs(num_beams: int, max_new_tokens: int) -> dict:
-    # Random-init models stop at EOS at different steps; min_new_tokens = max_new_tokens makes every model generate
-    # exactly max_new_tokens tokens, so both do the same number of decoder steps (the longest-caption case).
-    return {"num_beams": num_beams, "max_new_tokens": max_new_tokens, "min_new_tokens": max_new_tokens}
-
-
-def evaluation_pixels(bench: Bench, count: int) -> torch.Tensor:
-    test = bench.splits["test"]
-    images = [test[i]["image"] for i in range(count)]
-    return bench.processor(images=images)["pixel_values"].to(bench.device)
 
 
 @torch.no_grad()
@@ -330,6 +334,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto (cuda when present, else cpu), cpu or cuda.")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default).")
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
+    parser.add_argument(
+        "--compiled",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Add captioner's fast-path rows (compiled bf16 training step, static-cache compiled decoding) to the "
+        "training and generation parts (default: on a GPU only; compiling on a CPU takes minutes).",
+    )
+    parser.add_argument(
+        "--compile_ved",
+        action="store_true",
+        help="With --compiled, also VED's own fast path (torch.compile training, static cache + compiled decoding): "
+        "compiles two more models, about a minute each on a GPU.",
+    )
     parser.add_argument("--profile", action="store_true", help="Print top operators of beam-5 generation.")
     parser.add_argument("--output", default=None, help="Also write the results (JSON) here.")
     parser.add_argument("--quick", action="store_true", help="Toy sizes, to check that the script runs (seconds).")
@@ -348,6 +365,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         torch.set_num_threads(args.threads)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.compiled is None:
+        args.compiled = args.device.startswith("cuda")
     return args
 
 
@@ -361,6 +380,14 @@ def main(argv=None) -> dict:
         return {}
 
     results = {"command": " ".join(["python", "bench/bench_vs_ved.py", *args.argv]), "machine": machine()}
+
+    def save() -> None:
+        # After every part, so that a run stopped by a time limit keeps the parts it finished.
+        if args.output:
+            output = Path(args.output)
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text(json.dumps(results, indent=1))
+
     print(f"# {results['command']}")
     print("# " + ", ".join(f"{key} {value}" for key, value in results["machine"].items() if value is not None))
     counts = {name: parameter_counts(build_model(name, bench)) for name in MODELS}
@@ -378,9 +405,22 @@ def main(argv=None) -> dict:
     decoder_share = counts[TRANSFORMER]["decoder"] / counts[CAPTIONER]["decoder"] - 1
     print(f"# parameters, captioner - VED: {extra_share:+.2%}; Transformer - GPT-2 decoder: {decoder_share:+.2%}")
 
-    rows = []
+    rows = results["rows"] = []
     if "training" in args.parts:
+        peak = results["matmul_peak"] = matmul_peak(str(bench.device))
+        print(f"# matmul peak for MFU: {peak['flops_per_second'] / 1e12:.2f} TFLOP/s ({peak['matmul']}, best of 5)")
         rows += training_rows(bench, args.batch_sizes, args.repeats, args.train_steps)
+        save()
+        if args.compiled:
+            rows += compiled_training_rows(bench, args.batch_sizes, args.repeats, args.train_steps, args.compile_ved)
+            save()
+            precision = bench.fast_precision + (" autocast" if bench.fast_precision != "fp32" else "")
+            print(
+                f"# compiled training: captioner under torch.compile (dynamic=False) against VED eager, both in "
+                f"{precision}"
+                + (", and VED under torch.compile" if args.compile_ved else "")
+                + "; the batches padded to one caption length"
+            )
     if "memory" in args.parts:
         rows += memory_rows(args, bench)
         print(
@@ -396,15 +436,32 @@ def main(argv=None) -> dict:
         rows += generation_rows(
             bench, args.repeats, args.generate_batch_size, args.max_new_tokens, args.latency_images
         )
+        save()
         print(
             f"# generation: random-init models, exactly {args.max_new_tokens} new tokens (min_new_tokens = "
             f"max_new_tokens), batch 1 over {args.latency_images} test images per repeat"
         )
+        if args.compiled:
+            rows += fast_generation_rows(
+                bench,
+                args.repeats,
+                args.generate_batch_size,
+                args.max_new_tokens,
+                args.latency_images,
+                args.compile_ved,
+            )
+            save()
+            print(
+                f"# fast generation: weights in {bench.fast_precision}, captioning.fast_decoding (static cache, "
+                "compiled decoding step, warmed up on each shape) against VED eager"
+                + (" and VED with its own static cache + compiled step" if args.compile_ved else "")
+            )
     if "quality" in args.parts:
         quality, results["quality_scores"] = quality_rows(
             bench, args.minutes, args.batch_sizes[0], args.quality_runs, 5, args.max_new_tokens
         )
         rows += quality
+        save()
         print(
             f"# quality: each model trained from scratch for {args.minutes:g} min of wall-clock (data included, "
             f"alternating slices), batch {args.batch_sizes[0]}, AdamW lr 1e-3 inverse-sqrt (200 warm-up steps), label "
@@ -426,22 +483,19 @@ def main(argv=None) -> dict:
                 frozen, fill = frozen_rows(frozen_bench, args.repeats, images, batch_size, stage_variants, stage)
                 rows += frozen + pair_rows(frozen_bench, args.repeats, pair_images, batch_size, stage)
                 results["cache_fill"][f"{preset}, {stage}"] = fill
+                save()
                 print(
                     f"# frozen ({preset}, {STAGES[stage][1]}): ViT {vit.image_size}px/{vit.patch_size}, hidden "
                     f"{vit.hidden_size}, {vit.num_hidden_layers} layers; GPT-2 n_embd {gpt2.n_embd}, {gpt2.n_layer} "
                     f"layers; {images} images, batch {batch_size}; the epoch that filled the cache ran at "
                     f"{fill['fill_epoch_images_per_second']:.1f} img/s"
                 )
-    results["rows"] = rows
     print(format_table(rows))
     if args.profile:
         results["profile"] = profile_generation(bench, args.generate_batch_size, args.max_new_tokens)
         for name, table in results["profile"].items():
             print(f"\n# beam-5 generate(), batch {args.generate_batch_size}: {name}\n{table}")
-    if args.output:
-        output = Path(args.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(results, indent=1))
+    save()
     return results
 
 

@@ -47,6 +47,19 @@ class Bench:
         # The issue's "equal settings": fp32 on CPU (CPU fp16 kernels are slow or missing), fp16 autocast on a GPU.
         return self.device.type == "cuda"
 
+    @property
+    def precision(self) -> str:
+        """The eager rows' precision: fp16 autocast (with loss scaling) on a GPU, fp32 on a CPU."""
+        return "fp16" if self.fp16 else "fp32"
+
+    @property
+    def fast_precision(self) -> str:
+        """The fast rows' precision: bf16 on a GPU with bf16 arithmetic (no loss scaling), fp16 on an older one, fp32
+        on a CPU (as train.py's default_mixed_precision picks)."""
+        if self.device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+
     def collator(self, captions_per_image: int = 1) -> CaptionCollator:
         return CaptionCollator(
             self.processor, max_length=self.config.max_position_embeddings, captions_per_image=captions_per_image
@@ -132,32 +145,54 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
 
 
+AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
 class TrainingRun:
     """One model's optimizer and training step, taken as train.py takes it for every model alike: step_inputs →
     forward (fp16 autocast on a GPU) → caption_loss (label smoothing 0.1) → backward → clip to norm 1 → fused AdamW.
-    `cache` is captioner's feature cache while its backbone is frozen."""
+    `cache` is captioner's feature cache while its backbone is frozen; `precision` ("fp16", "bf16" or "fp32")
+    overrides the bench's, and only fp16 scales the loss."""
 
-    def __init__(self, model, bench: Bench, learning_rate: float = 1e-3, warmup_steps: int | None = None, cache=None):
+    def __init__(
+        self,
+        model,
+        bench: Bench,
+        learning_rate: float = 1e-3,
+        warmup_steps: int | None = None,
+        cache=None,
+        precision: str | None = None,
+    ):
         self.model, self.bench, self.cache = model, bench, cache
+        self.precision = precision or bench.precision
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         # train.py's AdamW and the Trainer's default (VED's training scripts): fused where the device has the kernel.
         self.optimizer = build_adamw(self.parameters, bench.device, lr=learning_rate, weight_decay=0.01)
         self.scheduler = None
         if warmup_steps is not None:
             self.scheduler = get_scheduler("inverse_sqrt", self.optimizer, num_warmup_steps=warmup_steps)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=bench.fp16)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
 
-    def step(self, batch: dict, encoder_hidden_states: torch.Tensor | None = None) -> torch.Tensor:
-        """One step; with `encoder_hidden_states` (computed beforehand), the model skips its encoder and images."""
+    def autocast(self):
+        dtype = AUTOCAST_DTYPES.get(self.precision)
+        return torch.autocast(self.bench.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def backward(self, batch: dict, encoder_hidden_states: torch.Tensor | None = None) -> torch.Tensor:
+        """Forward, loss and backward of one step (the gradients accumulate); returns the loss."""
         batch = to_device(batch, self.bench.device)
         inputs = step_inputs(self.model, batch, self.cache, self.bench.device)
         if encoder_hidden_states is not None:
             inputs.pop("pixel_values")
             inputs["encoder_outputs"] = (encoder_hidden_states,)
-        with self.bench.autocast():
+        with self.autocast():
             logits = self.model(**inputs).logits
         loss, _ = caption_loss(logits, batch["labels"], label_smoothing=0.1)
         self.scaler.scale(loss).backward()
+        return loss
+
+    def step(self, batch: dict, encoder_hidden_states: torch.Tensor | None = None) -> torch.Tensor:
+        """One step; with `encoder_hidden_states` (computed beforehand), the model skips its encoder and images."""
+        loss = self.backward(batch, encoder_hidden_states)
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.parameters, 1.0)
         self.scaler.step(self.optimizer)
@@ -166,6 +201,24 @@ class TrainingRun:
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
+
+
+def fixed_batches(bench: Bench, batch_size: int, count: int) -> list[dict]:
+    """The same collated batches (same captions, same padding) for every model."""
+    collator, train = bench.collator(), bench.splits["train"]
+    return [collator([train[i] for i in range(k * batch_size, (k + 1) * batch_size)]) for k in range(count)]
+
+
+def generation_kwargs(num_beams: int, max_new_tokens: int) -> dict:
+    # Random-init models stop at EOS at different steps; min_new_tokens = max_new_tokens makes every model generate
+    # exactly max_new_tokens tokens, so both do the same number of decoder steps (the longest-caption case).
+    return {"num_beams": num_beams, "max_new_tokens": max_new_tokens, "min_new_tokens": max_new_tokens}
+
+
+def evaluation_pixels(bench: Bench, count: int) -> torch.Tensor:
+    test = bench.splits["test"]
+    images = [test[i]["image"] for i in range(count)]
+    return bench.processor(images=images)["pixel_values"].to(bench.device)
 
 
 def seconds(work: Callable[[], Any], device: torch.device) -> float:
@@ -206,9 +259,18 @@ def _ratio(ours: float, theirs: float) -> float:
     return ours / theirs
 
 
-def make_row(part: str, name: str, ours: list[float], theirs: list[float], target=None, ours_name=CAPTIONER) -> dict:
+def make_row(
+    part: str,
+    name: str,
+    ours: list[float],
+    theirs: list[float],
+    target=None,
+    ours_name=CAPTIONER,
+    theirs_name=VED,
+) -> dict:
     """A table row: both models' values and captioner / VED, paired repeat by repeat where both have the same
-    number of values (they ran alternately), else the ratio of medians."""
+    number of values (they ran alternately), else the ratio of medians. `ours_name` and `theirs_name` say which
+    variants the two columns hold (e.g. "captioner, compiled" over "ved")."""
     if len(ours) == len(theirs):
         ratios = [_ratio(a, b) for a, b in zip(ours, theirs, strict=True)]
     else:
@@ -219,6 +281,7 @@ def make_row(part: str, name: str, ours: list[float], theirs: list[float], targe
         "part": part,
         "row": name,
         "model": ours_name,
+        "baseline": theirs_name,
         "captioner": ours,
         "ved": theirs,
         "ratios": ratios,
