@@ -74,11 +74,13 @@ def assert_same_reads(longer_run: collections.Counter, shorter_run: collections.
 TWO_STEPS = ("--max_train_steps", "2", "--checkpointing_steps", "1")
 
 
-def tiny_run(output_dir, *extra: str) -> dict:
-    """A tiny from-scratch run (ResNet backbone) on 96 synthetic images: 6 steps of 16 images per epoch."""
+def tiny_run(output_dir, *extra: str, device: tuple[str, ...] = ("--cpu",)) -> dict:
+    """A tiny from-scratch run (ResNet backbone) on 96 synthetic images: 6 steps of 16 images per epoch. On the CPU
+    unless `device=()`: the runs below are compared step for step, which needs CPU determinism where a GPU is
+    present too (CUDA's embedding backward adds atomically, in no fixed order)."""
     reset_accelerator_state()
     return train.main(
-        [*TINY, "--output_dir", str(output_dir), "--synthetic_sizes", "96,4,4", "--num_beams", "1", *extra]
+        [*TINY, "--output_dir", str(output_dir), "--synthetic_sizes", "96,4,4", "--num_beams", "1", *device, *extra]
     )
 
 
@@ -119,7 +121,7 @@ def test_cuda_run_takes_the_fast_settings_and_reads_only_at_logging_steps(tmp_pa
     runs = []
     for steps in (2, 6):
         reads.clear()
-        tiny_run(tmp_path / str(steps), "--max_train_steps", str(steps), "--logging_steps", str(steps))
+        tiny_run(tmp_path / str(steps), "--max_train_steps", str(steps), "--logging_steps", str(steps), device=())
         runs.append(collections.Counter(reads))
     assert_same_reads(runs[1], runs[0])
     assert "mixed precision: bf16" in caplog.text and "AdamW: fused" in caplog.text

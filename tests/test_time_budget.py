@@ -85,6 +85,7 @@ def test_plan_counts_steps_and_between_epoch_time(monkeypatch):
 
 
 BUDGETED = [
+    "--cpu",  # a resumed run is compared with an uninterrupted one: CPU determinism, even where a GPU is present
     "--preset",
     "tiny",
     "--synthetic_sizes",
