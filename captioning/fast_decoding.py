@@ -64,7 +64,7 @@ def enable_fast_decoding(
         compile_config._compile_all_devices = all_devices
         generation_config.compile_config = compile_config
         if all_devices or model.device.type != "cpu":  # where generate() compiles the step
-            # At batch 1 the encoder's eager Python costs as much as several decoding steps (BENCHMARKS.md).
+            # At batch 1 the encoder's eager Python costs as much as several decoding steps.
             model.encoder.forward = torch.compile(model.encoder.forward, fullgraph=True, dynamic=dynamic)
     return True
 

@@ -156,7 +156,7 @@ class CaptionerConfig(PreTrainedConfig):
     def get_text_config(self, decoder=None, encoder=None) -> PreTrainedConfig:
         # With the from-scratch decoders this config is the decoder's own: attribute_map already names its layers and
         # heads as transformers reads them. transformers' fallback for flat encoder-decoder configs would deep-copy and
-        # rename it on every call instead (~0.4 ms; generate() and StaticCache call it several times per caption).
+        # rename it on every call instead, and generate() and StaticCache call it several times per caption.
         if self.text_config is None and decoder and not encoder:
             return self
         return super().get_text_config(decoder=decoder, encoder=encoder)

@@ -216,7 +216,7 @@ class CaptionerAttention(nn.Module):
         attention = eager_attention_forward
         # A compiled one-token step on a CPU keeps sdpa written out: a single query's attention is two small
         # matrix-vector products and a softmax that inductor fuses with the ops around them, where SDPA's CPU kernel
-        # is an opaque call with its own start-up (the compiled greedy step runs ~5% faster; BENCHMARKS.md).
+        # is an opaque call with its own start-up cost.
         one_query_on_cpu = query.shape[2] == 1 and query.device.type == "cpu" and is_torchdynamo_compiling()
         implementation = self.config._attn_implementation
         if not output_attentions and implementation != "eager" and not (implementation == "sdpa" and one_query_on_cpu):
@@ -866,8 +866,8 @@ class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixi
                 self.forward = previous
 
     def create_masks_for_generate(self, attention_mask: torch.Tensor | None = None, **kwargs):
-        # With a static cache generate() builds the decoder's mask before every step, outside the compiled step (~0.2 ms
-        # of Python a token). Without padding there is nothing to build from: the decoder's own create_causal_mask makes
+        # With a static cache generate() builds the decoder's mask in Python before every step, outside the compiled
+        # step. Without padding there is nothing to build from: the decoder's own create_causal_mask makes
         # the mask inside the compiled graph, from the cache's fill level. A padding mask grows by a column a step, so
         # it still becomes a fixed-shape mask here.
         if attention_mask is None:
