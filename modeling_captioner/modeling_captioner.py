@@ -887,7 +887,8 @@ class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixi
         # fixed tensor addresses. So a GenerateOutput's `cache` is only valid until the next generate() call.
         model_kwargs = kwargs.get("model_kwargs", args[-1] if args else {})
         encoder_length = model_kwargs["encoder_outputs"][0].shape[1]
-        shape = (batch_size, encoder_length, self.dtype, self.device)
+        # A cache made under inference mode holds inference tensors, which cannot be reset outside it.
+        shape = (batch_size, encoder_length, self.dtype, self.device, torch.is_inference_mode_enabled())
         kept = self.__dict__.get("_kept_static_cache")
         if kept is not None and kept[0] == shape and kept[1].self_attention_cache.get_max_length() >= max_cache_len:
             kept[1].reset()

@@ -78,6 +78,9 @@ def test_a_static_cache_is_reused_for_the_same_shape_and_rebuilt_for_another(tok
     assert caches[1] is caches[0] and caches[2] is not caches[1]
     assert caches[3] is caches[2], "a shorter call fits in the cache it has"
     assert caches[4] is not caches[3]
+    with torch.inference_mode():  # as the caption command and warm_up decode: a cache of inference tensors
+        inference = model.generate(pixel_values[:1], max_new_tokens=12, cache_implementation="static")
+    assert torch.equal(model.generate(pixel_values[:1], max_new_tokens=12, cache_implementation="static"), inference)
     prompt = torch.tensor([[model.config.decoder_start_token_id, 7, 8]] * 2)
     kwargs = {"decoder_input_ids": prompt, "decoder_attention_mask": torch.ones_like(prompt), "max_new_tokens": 6}
     dynamic = model.generate(pixel_values[:2], **kwargs)
