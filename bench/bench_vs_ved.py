@@ -63,6 +63,7 @@ from bench.ved_matched import (  # noqa: E402
     parameter_counts,
     seconds,
     spread,
+    training_rates,
 )
 from bench.ved_training import STAGES, frozen_rows, pair_rows, quality_rows  # noqa: E402
 
@@ -85,13 +86,7 @@ def training_rows(bench: Bench, batch_sizes: list[int], repeats: int, steps: int
         batches = fixed_batches(bench, batch_size, steps)
         runs = {name: TrainingRun(model, bench) for name, model in models.items()}
         flops = {name: step_flops(run, batches[0]) for name, run in runs.items()}
-
-        def images_per_second(run: TrainingRun, size: int = batch_size, work: list = batches) -> float:
-            return size * len(work) / seconds(lambda: [run.step(batch) for batch in work], bench.device)
-
-        for run in runs.values():  # warm-up: optimizer state, allocator, oneDNN kernels
-            images_per_second(run)
-        rates = interleaved({name: partial(images_per_second, run) for name, run in runs.items()}, repeats)
+        rates = training_rates(runs, batches, repeats)
         name = f"train img/s, batch {batch_size}"
         rows.append(make_row("training", name, rates[CAPTIONER], rates[VED], TRAIN_TARGET))
         rows.append(extra("training", name, rates[TRANSFORMER], rates[VED]))

@@ -23,6 +23,7 @@ from bench.ved_matched import (
     interleaved,
     make_row,
     seconds,
+    training_rates,
 )
 from captioning.fast_decoding import enable_fast_decoding, warm_up
 
@@ -109,13 +110,7 @@ def compiled_training_rows(
         for name, run in runs.items():
             if name.endswith("compiled"):
                 run.model.compile(dynamic=False)
-
-        def images_per_second(run: TrainingRun, size: int = batch_size, work: list = batches) -> float:
-            return size * len(work) / seconds(lambda: [run.step(batch) for batch in work], bench.device)
-
-        for run in runs.values():  # compiles forward and backward, creates AdamW's state
-            images_per_second(run)
-        rates = interleaved({name: partial(images_per_second, run) for name, run in runs.items()}, repeats)
+        rates = training_rates(runs, batches, repeats)  # its untimed pass compiles forward and backward
         mfu = {name: mfu_percent(rates[name], batch_size, flops[name], peak) for name in names}
         ours, label = names[0], f"batch {batch_size}, {precision}, compiled"
         target = FAST_TRAIN_TARGET if bench.device.type == "cuda" else None

@@ -7,6 +7,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -240,6 +241,19 @@ def interleaved(measures: dict[str, Callable[[], float]], repeats: int) -> dict[
         for name, measure in measures.items():
             values[name].append(measure())
     return values
+
+
+def training_rates(runs: dict[str, "TrainingRun"], batches: list[dict], repeats: int) -> dict[str, list[float]]:
+    """Training img/s of each run over `batches` (every batch the same size), `repeats` times, interleaved, after one
+    untimed pass each (optimizer state, allocator, kernel choice, compilation)."""
+    images = len(batches) * len(batches[0]["labels"])
+
+    def rate(run: TrainingRun) -> float:
+        return images / seconds(lambda: [run.step(batch) for batch in batches], run.bench.device)
+
+    for run in runs.values():
+        rate(run)
+    return interleaved({name: partial(rate, run) for name, run in runs.items()}, repeats)
 
 
 def spread(values: list[float]) -> tuple[float, float, float]:
