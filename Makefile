@@ -17,7 +17,7 @@ train: install
 	$(PYTHON) train.py --config configs/synthetic-hard.yaml
 
 demo: install
-	$(PYTHON) -m captioning.demo --output_dir outputs/demo
+	$(PYTHON) -m captioning.cli demo --output_dir outputs/demo
 
 # Benchmarks (minutes; results and commands in BENCHMARKS.md): training throughput and the feature cache, then
 # captioner against transformers' VisionEncoderDecoderModel at matched sizes.

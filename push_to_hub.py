@@ -5,7 +5,7 @@ The token comes from HF_TOKEN or `hf auth login`; HF_ENDPOINT picks another Hub.
 import argparse
 import sys
 
-from captioning.hub import PushToHubError, push_to_hub
+from captioning.hub.upload import PushToHubError, push_to_hub
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -28,16 +28,17 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_scheduler
 
-from captioning.augmentation import FLIP_MODES, SCHEDULE_KINDS, AugmentationSchedule, ImageAugmentation
-from captioning.collator import CaptionCollator
 from captioning.data import CaptionPairs, add_data_arguments, check_data_arguments, load_splits_from_args
-from captioning.diagnostics import caption_diagnostics, format_diagnostics
-from captioning.evaluation import generate_captions, write_predictions
-from captioning.feature_cache import FeatureCache, cache_key, cached_vision_features
-from captioning.losses import caption_loss
-from captioning.streaming import StreamCollator, StreamLoader, StreamProgress, format_report, sum_reports
-from captioning.time_budget import PLANNED_SCHEDULES, PlannedDecay, TimeBudget
-from captioning.unfreezing import (
+from captioning.data.web.splits import STREAM_FORMATS
+from captioning.data.web.streams import StreamCollator, StreamLoader, StreamProgress, format_report, sum_reports
+from captioning.evaluation.command import generate_captions, write_predictions
+from captioning.evaluation.diagnostics import caption_diagnostics, format_diagnostics
+from captioning.training.augmentation import FLIP_MODES, SCHEDULE_KINDS, AugmentationSchedule, ImageAugmentation
+from captioning.training.collator import CaptionCollator
+from captioning.training.feature_cache import FeatureCache, cache_key, cached_vision_features
+from captioning.training.losses import caption_loss
+from captioning.training.time_budget import PLANNED_SCHEDULES, PlannedDecay, TimeBudget
+from captioning.training.unfreezing import (
     GROUPS,
     OPTIMIZERS,
     UnfreezingSchedule,
@@ -46,7 +47,6 @@ from captioning.unfreezing import (
     optimizer_groups,
     train_mode,
 )
-from captioning.web_data import STREAM_FORMATS
 from modeling_captioner import (
     DECODER_TYPES,
     PRESETS,
@@ -369,7 +369,7 @@ def default_num_workers(args, device: torch.device, num_processes: int) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     workers = max(1, min(8, cores // get_int_from_env(["LOCAL_WORLD_SIZE"], 1)))
     if args.dataset_format == "webdataset":
-        from captioning.shards import expand_shards
+        from captioning.data.web.shards import expand_shards
 
         # The last shard is held out for validation and test unless both are given (load_web_splits).
         held_out = 0 if args.validation_files and args.test_files else 1
@@ -1116,7 +1116,7 @@ def main(argv=None) -> dict:
         )
         metrics = diagnostics = None
         if accelerator.is_main_process:
-            from captioning.metrics import compute_caption_metrics
+            from captioning.evaluation.metrics import compute_caption_metrics
 
             metrics = compute_caption_metrics(
                 predictions, references, expected_num_images=len(validation), meteor=not args.no_meteor
@@ -1163,8 +1163,8 @@ def finish(args, accelerator, output_dir: Path, splits, state: dict, train_secon
     """Score the best model on the test split; write metrics.json, predictions.json, samples.png, the curves."""
     from transformers import AutoModel, AutoProcessor
 
-    from captioning.metrics import compute_caption_metrics, human_agreement
-    from captioning.reporting import save_samples, save_training_curves
+    from captioning.evaluation.metrics import compute_caption_metrics, human_agreement
+    from captioning.training.reporting import save_samples, save_training_curves
 
     accelerator.wait_for_everyone()
     best = AutoModel.from_pretrained(output_dir).to(accelerator.device)

@@ -56,7 +56,7 @@ def timed(run, server_pid: int) -> dict:
 
 
 def aiohttp_source(urls: list[str], concurrency: int, side: int) -> int:
-    from captioning.downloads import Downloader, DownloadOptions
+    from captioning.data.web.downloads import Downloader, DownloadOptions
 
     options = DownloadOptions(concurrency=concurrency, image_side=side)
     return sum(result.image is not None for result in Downloader(options).download(enumerate(urls)))
@@ -64,8 +64,8 @@ def aiohttp_source(urls: list[str], concurrency: int, side: int) -> int:
 
 def threaded_source(urls: list[str], threads: int, side: int) -> int:
     """The same work with a thread per request in flight: image_sources.fetch_url (urllib), then decode_image."""
-    from captioning.downloads import decode_image
-    from captioning.image_sources import fetch_url
+    from captioning.data.images import fetch_url
+    from captioning.data.web.downloads import decode_image
 
     def one(url: str):
         return decode_image(fetch_url(url)[0], url, side=side)
@@ -79,10 +79,10 @@ def stream_source(rows_file: str, num_workers: int, concurrency: int, epochs: in
     DataLoader with `num_workers` and no model: images/s per epoch, and the wait for the first batch."""
     from torch.utils.data import DataLoader
 
-    from captioning.collator import CaptionCollator
-    from captioning.downloads import DownloadOptions
-    from captioning.streaming import StreamCollator
-    from captioning.url_data import UrlCaptionStream, read_url_rows
+    from captioning.data.web.downloads import DownloadOptions
+    from captioning.data.web.streams import StreamCollator
+    from captioning.data.web.url_rows import UrlCaptionStream, read_url_rows
+    from captioning.training.collator import CaptionCollator
     from modeling_captioner import CaptionerConfig, CaptionerProcessor, build_image_processor
     from tokenization import build_tokenizer
 
@@ -147,7 +147,7 @@ def main() -> None:
     import pyarrow.parquet
     import torch
 
-    from captioning.synthetic import build_synthetic_splits
+    from captioning.data.synthetic import build_synthetic_splits
 
     print(
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch "

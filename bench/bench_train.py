@@ -25,11 +25,11 @@ def measure(preset: str, mode: str, images: int, batch_size: int, repeats: int, 
     import torch
     from torch.utils.data import DataLoader
 
-    from captioning.collator import CaptionCollator
     from captioning.data import load_caption_splits
-    from captioning.feature_cache import FeatureCache, cache_key
-    from captioning.losses import caption_loss
-    from captioning.unfreezing import UnfreezingSchedule, build_adamw, train_mode
+    from captioning.training.collator import CaptionCollator
+    from captioning.training.feature_cache import FeatureCache, cache_key
+    from captioning.training.losses import caption_loss
+    from captioning.training.unfreezing import UnfreezingSchedule, build_adamw, train_mode
     from modeling_captioner import (
         CaptionerConfig,
         CaptionerForConditionalGeneration,

@@ -28,7 +28,7 @@ OLD_SECONDS_PER_EPOCH = 5.0
 
 
 def _render(job: tuple) -> None:
-    from captioning.synthetic import render_scene
+    from captioning.data.synthetic import render_scene
 
     scene, size, path = job
     render_scene(scene, size).save(path, quality=90)
@@ -37,7 +37,7 @@ def _render(job: tuple) -> None:
 def render(folder: Path, count: int, size: int) -> None:
     """`count` scenes of the built-in synthetic dataset (the main job's kind of image), drawn at `size` pixels and
     saved as JPEG: the caption command decodes and resizes them as it would a user's photos."""
-    from captioning.synthetic import build_synthetic_splits
+    from captioning.data.synthetic import build_synthetic_splits
 
     folder.mkdir(parents=True, exist_ok=True)
     scenes = build_synthetic_splits(seed=14, sizes=(count, 1, 1))["train"]
@@ -50,7 +50,7 @@ def render(folder: Path, count: int, size: int) -> None:
 def stand_in_model(folder: Path) -> None:
     """A random-init captioner of the main job's preset (small, ResNet + Transformer) with its processor: the caption
     step's model when the main job saved none. Its captions run to the length limit, so it is the slow case."""
-    from captioning.synthetic import synthetic_vocabulary
+    from captioning.data.synthetic import synthetic_vocabulary
     from modeling_captioner import (
         CaptionerConfig,
         CaptionerForConditionalGeneration,

@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from transformers import GPT2LMHeadModel, VisionEncoderDecoderModel, ViTModel, get_scheduler
 
-from captioning.collator import CaptionCollator
 from captioning.data import load_caption_splits
-from captioning.losses import caption_loss
-from captioning.unfreezing import build_adamw
+from captioning.training.collator import CaptionCollator
+from captioning.training.losses import caption_loss
+from captioning.training.unfreezing import build_adamw
 from modeling_captioner import (
     CaptionerConfig,
     CaptionerForConditionalGeneration,

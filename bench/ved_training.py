@@ -27,10 +27,10 @@ from bench.ved_matched import (
     to_device,
 )
 from captioning.data import CaptionPairs
-from captioning.evaluation import generate_captions
-from captioning.feature_cache import FeatureCache, cache_key
-from captioning.metrics import compute_caption_metrics
-from captioning.unfreezing import UnfreezingSchedule, train_mode
+from captioning.evaluation.command import generate_captions
+from captioning.evaluation.metrics import compute_caption_metrics
+from captioning.training.feature_cache import FeatureCache, cache_key
+from captioning.training.unfreezing import UnfreezingSchedule, train_mode
 from train import CachedFeatures, EpochSampler
 
 # ---------------------------------------------------------------------------------------------------------------

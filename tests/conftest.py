@@ -8,7 +8,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from captioning.synthetic import all_scenes, render_scene  # noqa: E402
+from captioning.data.synthetic import all_scenes, render_scene  # noqa: E402
 from modeling_captioner import CaptionerConfig, CaptionerForConditionalGeneration  # noqa: E402
 from tokenization import build_tokenizer  # noqa: E402
 

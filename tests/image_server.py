@@ -156,7 +156,7 @@ class ImageServer:
 def scene_images(count: int, size: int, seed: int = 0) -> tuple[dict[str, bytes], dict[str, list[str]]]:
     """Synthetic training scenes as JPEG files named `00000.jpg`, ..., and their captions."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from captioning.synthetic import build_synthetic_splits, render_scene
+    from captioning.data.synthetic import build_synthetic_splits, render_scene
 
     examples = build_synthetic_splits(seed, (count, 1, 1))["train"]
     images, captions = {}, {}

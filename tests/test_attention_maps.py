@@ -1,4 +1,4 @@
-"""captioning.attention_maps for every decoder × encoder: one map per generated word piece on the image grid (ViT CLS
+"""captioning.cli.attention for every decoder × encoder: one map per generated word piece on the image grid (ViT CLS
 left out), the same maps generate() computes step by step, a clear error without attention, a picture whose panels
 keep the image's aspect ratio, and the command's exit statuses."""
 
@@ -11,7 +11,7 @@ import pytest
 from conftest import checkout_env, scene_images, tiny_model
 from PIL import Image
 
-from captioning.attention_maps import caption_attention, draw_attention, main, overlay_attention
+from captioning.cli.attention import caption_attention, draw_attention, main, overlay_attention
 from modeling_captioner import CaptionerProcessor, build_image_processor
 
 DECODERS = {
@@ -179,7 +179,7 @@ def test_command_writes_the_picture_and_exits_2_on_a_missing_image(tokenizer, tm
     wide_image(60, 30).save(image_path)
     output = tmp_path / "out" / "maps.png"
     env = checkout_env(OMP_NUM_THREADS="1")  # run from tmp_path, with this checkout's package
-    command = [sys.executable, "-m", "captioning.attention_maps", "--model", folder, "--num_beams", "2"]
+    command = [sys.executable, "-m", "captioning.cli.attention", "--model", folder, "--num_beams", "2"]
     completed = subprocess.run(
         [*command, "--image", str(image_path), "--output", str(output), "--layer", "mean"],
         capture_output=True,

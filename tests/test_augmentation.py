@@ -9,9 +9,9 @@ import PIL.Image
 import pytest
 import torch
 
-from captioning.augmentation import AugmentationSchedule, ImageAugmentation, augmentation_rng, swap_sides
-from captioning.collator import CaptionCollator
 from captioning.data import load_caption_splits
+from captioning.training.augmentation import AugmentationSchedule, ImageAugmentation, augmentation_rng, swap_sides
+from captioning.training.collator import CaptionCollator
 from modeling_captioner import CaptionerConfig, CaptionerProcessor, build_image_processor
 
 

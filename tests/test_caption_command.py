@@ -22,9 +22,9 @@ from conftest import scene_images, tiny_model
 from PIL import Image
 from transformers import AutoModel, AutoProcessor
 
-from captioning.caption import _prefetched, default_num_workers, generation_kwargs, tidy_caption
-from captioning.cli import main
-from captioning.image_sources import SourceError, expand_inputs, fetch_url, read_image
+from captioning.cli.caption import _prefetched, default_num_workers, generation_kwargs, tidy_caption
+from captioning.cli.main import main
+from captioning.data.images import SourceError, expand_inputs, fetch_url, read_image
 from modeling_captioner import CaptionerProcessor, build_image_processor, load_image
 
 # Seed 5: the random tiny model gives different captions to different scenes (so a mix-up of order shows), with

@@ -6,8 +6,8 @@ import torch
 from conftest import tiny_config
 from PIL import Image
 
-from captioning.collator import MODEL_INPUT_NAMES, CaptionCollator, model_inputs
 from captioning.data import CaptionPairs, load_caption_splits
+from captioning.training.collator import MODEL_INPUT_NAMES, CaptionCollator, model_inputs
 from modeling_captioner import CaptionerForConditionalGeneration, CaptionerProcessor, build_image_processor
 
 SHORT = "a dog"

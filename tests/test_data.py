@@ -19,7 +19,7 @@ from captioning.data import (
     deterministic_split,
     load_caption_splits,
 )
-from captioning.synthetic import (
+from captioning.data.synthetic import (
     SCENE_COLOURS,
     Scene,
     ShapesScene,

@@ -3,7 +3,7 @@
 import pytest
 from transformers import AutoModel, AutoProcessor
 
-from captioning import demo
+from captioning.cli import demo
 
 
 def test_demo_learns_its_scenes_and_saves_a_model_folder(tmp_path, capsys):

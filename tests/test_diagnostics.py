@@ -7,8 +7,8 @@ import torch
 from conftest import tiny_model
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from captioning.diagnostics import DIAGNOSTICS, caption_diagnostics, format_diagnostics
-from captioning.evaluation import generate_captions
+from captioning.evaluation.command import generate_captions
+from captioning.evaluation.diagnostics import DIAGNOSTICS, caption_diagnostics, format_diagnostics
 from modeling_captioner import CaptionerProcessor, build_image_processor
 
 CAPTIONS = [

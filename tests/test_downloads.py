@@ -8,7 +8,7 @@ import time
 import pytest
 from image_server import FAULTS, ImageServer, bomb_png, closed_port, fault_url, scene_images
 
-from captioning.downloads import (
+from captioning.data.web.downloads import (
     FAILURE_KINDS,
     DownloadCache,
     Downloader,

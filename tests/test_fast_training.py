@@ -17,7 +17,7 @@ from test_train import TINY
 from transformers import AutoModel
 
 import train
-from captioning.unfreezing import adamw_implementation, build_adamw
+from captioning.training.unfreezing import adamw_implementation, build_adamw
 from modeling_captioner import CaptionerConfig, CaptionerForConditionalGeneration
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
@@ -30,7 +30,7 @@ HOST_READS = ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float_
 ELSEWHERE = (
     "torch/utils/data/",
     "accelerate/data_loader.py",
-    "captioning/evaluation.py",
+    "captioning/evaluation/command.py",
     "modeling_captioner/",
     "transformers/",
 )

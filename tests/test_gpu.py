@@ -14,7 +14,7 @@ from conftest import checkout_env, scene_images, tiny_model
 from test_train import TINY
 
 import train
-from captioning import cli
+from captioning.cli import main as cli
 from captioning.fast_decoding import enable_fast_decoding, warm_up
 from modeling_captioner import CaptionerProcessor, build_image_processor
 

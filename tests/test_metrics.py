@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import captioning
-from captioning import metrics
-from captioning.metrics import CaptionMetricWarning, compute_caption_metrics, human_agreement, ptb_tokenize
+from captioning.evaluation import java, metrics
+from captioning.evaluation.metrics import CaptionMetricWarning, compute_caption_metrics, human_agreement, ptb_tokenize
 
 FIXTURE = Path(__file__).parent / "fixtures" / "metric_captions.json"
 IMAGES = json.loads(FIXTURE.read_text(encoding="utf-8"))["images"]
@@ -222,7 +221,7 @@ def test_meteor_is_absent_not_zero_without_java(monkeypatch):
 
 def test_meteor_is_absent_without_pycocoevalcap(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name, *args, **kwargs: "/usr/bin/java")
-    monkeypatch.setattr(metrics, "_pycocoevalcap_dir", lambda: None)
+    monkeypatch.setattr(java, "pycocoevalcap_dir", lambda: None)
     with pytest.warns(CaptionMetricWarning, match="pycocoevalcap is not installed"):
         scores = compute_caption_metrics(PREDICTIONS, REFERENCES)
     assert scores["METEOR"] is None
@@ -396,7 +395,7 @@ def test_human_agreement_reports_missing_meteor_once(monkeypatch):
 
 def test_evaluate_load_local_module_matches(tmp_path):
     evaluate = pytest.importorskip("evaluate")
-    path = Path(captioning.__file__).parent / "caption_metric"
+    path = Path(metrics.__file__).parent / "caption_metric"
     metric = evaluate.load(str(path), cache_dir=str(tmp_path))
     ids = list(PREDICTIONS)
     predictions, references = [PREDICTIONS[i] for i in ids], [REFERENCES[i] for i in ids]

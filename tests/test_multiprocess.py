@@ -20,8 +20,8 @@ from test_data import write_truncated_jpeg
 from test_train import TINY
 
 import train
-from captioning.synthetic import build_synthetic_splits, render_scene
-from captioning.unfreezing import UnfreezingSchedule
+from captioning.data.synthetic import build_synthetic_splits, render_scene
+from captioning.training.unfreezing import UnfreezingSchedule
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "accelerate"

@@ -28,7 +28,7 @@ from test_train import TINY
 
 import push_to_hub
 import train
-from captioning.model_card import build_model_card
+from captioning.hub.model_card import build_model_card
 from modeling_captioner import CaptionerProcessor, build_image_processor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -567,7 +567,7 @@ def test_failed_uploads_say_why_keep_the_token_secret_and_change_nothing(case, r
 
 
 def test_model_card_names_the_synthetic_variant():
-    from captioning.model_card import dataset_info
+    from captioning.hub.model_card import dataset_info
 
     hard = dataset_info({"dataset_format": "synthetic", "synthetic_variant": "hard"}, None)
     easy = dataset_info({"dataset_format": "synthetic", "synthetic_variant": "easy"}, None)

@@ -2,7 +2,7 @@
 
 from PIL import Image
 
-from captioning.reporting import save_samples
+from captioning.training.reporting import save_samples
 
 
 def test_samples_draw_captions_with_dollar_signs_and_empty_ones(tmp_path):

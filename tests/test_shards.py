@@ -1,4 +1,4 @@
-"""Webdataset shards: brace patterns; `python -m captioning.shards` downloads a url–caption file served on loopback
+"""Webdataset shards: brace patterns; `captioner shards` downloads a url–caption file served on loopback
 into img2dataset-style tars (failures recorded, an interrupted conversion continued); the shards read back from disk
 and over HTTP by 2 processes × 2 workers give every sample once; bad samples and short shards are counted; held-out
 evaluation samples."""
@@ -15,10 +15,10 @@ import pyarrow.parquet
 import pytest
 from image_server import ImageServer, caption_rows, scene_images
 
-from captioning import shards
-from captioning.downloads import DownloadOptions
-from captioning.streaming import Skipped
-from captioning.web_data import add_web_data_arguments, load_web_splits
+from captioning.data.web import shards
+from captioning.data.web.downloads import DownloadOptions
+from captioning.data.web.splits import add_web_data_arguments, load_web_splits
+from captioning.data.web.streams import Skipped
 
 OPTIONS = DownloadOptions(timeout=0.5, retries=1, backoff=0.01, max_bytes=1_000_000, image_side=32, concurrency=16)
 

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from captioning.data import load_caption_splits
-from captioning.metrics import human_agreement
-from captioning.synthetic_hard import (
+from captioning.data.synthetic_hard import (
     _NOUNS,
     HARD_COLOURS,
     KINDS,
@@ -23,6 +22,7 @@ from captioning.synthetic_hard import (
     random_hard_scene,
     render_hard_scene,
 )
+from captioning.evaluation.metrics import human_agreement
 
 NUMBERS = {"two": 2, "three": 3, "four": 4, "five": 5, "pair": 2}
 NOUN_KINDS = {noun: kind for kind, pairs in _NOUNS.items() for pair in pairs for noun in pair}

@@ -8,8 +8,8 @@ import torch
 from transformers import get_scheduler
 
 import train
-from captioning import time_budget
-from captioning.time_budget import PlannedDecay, TimeBudget
+from captioning.training import time_budget
+from captioning.training.time_budget import PlannedDecay, TimeBudget
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
 

@@ -19,9 +19,9 @@ from test_data import make_coco, make_kaggle_flickr8k
 from transformers import AutoModel, AutoProcessor
 
 import train
-from captioning import evaluation as captioning_evaluation
-from captioning.diagnostics import DIAGNOSTICS, caption_diagnostics
-from captioning.metrics import compute_caption_metrics
+from captioning.evaluation import command as captioning_evaluation
+from captioning.evaluation.diagnostics import DIAGNOSTICS, caption_diagnostics
+from captioning.evaluation.metrics import compute_caption_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [

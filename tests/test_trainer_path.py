@@ -1,4 +1,4 @@
-"""Seq2SeqTrainer trains and scores captioners with the package's pieces (captioning.trainer): the Trainer collator,
+"""Seq2SeqTrainer trains and scores captioners with the package's pieces (captioning.training.trainer): the Trainer collator,
 compute_metrics on generated captions equal to train.py's evaluation, the staged-unfreezing callback (also across a
 resume), and images that fail to load."""
 
@@ -12,17 +12,17 @@ from safetensors.torch import load_file
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
 
 from captioning.data import load_caption_splits
-from captioning.diagnostics import caption_diagnostics
-from captioning.evaluation import generate_captions
-from captioning.metrics import compute_caption_metrics
-from captioning.trainer import (
+from captioning.evaluation.command import generate_captions
+from captioning.evaluation.diagnostics import caption_diagnostics
+from captioning.evaluation.metrics import compute_caption_metrics
+from captioning.training.trainer import (
     CaptionMetrics,
     CaptionTrainingCallback,
     SkipFailedImages,
     TrainerCollator,
     loadable_subset,
 )
-from captioning.unfreezing import UnfreezingSchedule, parameter_group
+from captioning.training.unfreezing import UnfreezingSchedule, parameter_group
 from modeling_captioner import CaptionerConfig, CaptionerProcessor, build_image_processor
 
 

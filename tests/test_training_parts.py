@@ -5,9 +5,9 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from captioning.feature_cache import FeatureCache, cache_key, cached_vision_features
-from captioning.losses import caption_loss
-from captioning.unfreezing import (
+from captioning.training.feature_cache import FeatureCache, cache_key, cached_vision_features
+from captioning.training.losses import caption_loss
+from captioning.training.unfreezing import (
     GROUPS,
     UnfreezingSchedule,
     adamw_implementation,

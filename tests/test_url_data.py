@@ -15,10 +15,17 @@ import pytest
 import torch
 from image_server import ImageServer, caption_rows, scene_images
 
-from captioning.collator import CaptionCollator
-from captioning.downloads import DownloadOptions
-from captioning.streaming import Padding, Skipped, StreamCollator, StreamProgress, epoch_order
-from captioning.url_data import UrlCaptionStream, UrlRows, download_split, first_sentences, hold_out, read_url_rows
+from captioning.data.web.downloads import DownloadOptions
+from captioning.data.web.streams import Padding, Skipped, StreamCollator, StreamProgress, epoch_order
+from captioning.data.web.url_rows import (
+    UrlCaptionStream,
+    UrlRows,
+    download_split,
+    first_sentences,
+    hold_out,
+    read_url_rows,
+)
+from captioning.training.collator import CaptionCollator
 from modeling_captioner import CaptionerConfig, CaptionerProcessor, build_image_processor
 
 OPTIONS = DownloadOptions(timeout=0.5, retries=1, backoff=0.01, max_bytes=1_000_000, image_side=32, concurrency=16)

@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 from test_train import TINY
 
 import train
-from captioning import evaluation
-from captioning.shards import write_shards
-from captioning.url_data import hold_out, read_url_rows
+from captioning.data.web.shards import write_shards
+from captioning.data.web.url_rows import hold_out, read_url_rows
+from captioning.evaluation import command as evaluation
 
 ROWS = 240
 HELD_OUT = 16
@@ -118,7 +118,7 @@ def test_resuming_mid_epoch_skips_the_rows_already_trained_on(served, tmp_path):
 
 def test_shards_from_the_converter_train_as_webdataset(served, tmp_path):
     _, _, path = served
-    from captioning.downloads import DownloadOptions
+    from captioning.data.web.downloads import DownloadOptions
 
     options = DownloadOptions(timeout=0.5, backoff=0.01, concurrency=32, image_side=32)
     write_shards(read_url_rows(path), tmp_path / "shards", samples_per_shard=40, options=options)

@@ -1,0 +1,1 @@
+"""The `captioner` command (`main`) and its subcommands, one module each."""
