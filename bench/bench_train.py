@@ -27,9 +27,11 @@ def measure(preset: str, mode: str, images: int, batch_size: int, repeats: int, 
 
     from captioning.data import load_caption_splits
     from captioning.training.collator import CaptionCollator
+    from captioning.training.data import CachedFeatures, training_sampler
     from captioning.training.feature_cache import FeatureCache, cache_key
+    from captioning.training.loop import step_inputs
     from captioning.training.losses import caption_loss
-    from captioning.training.unfreezing import UnfreezingSchedule, build_adamw, train_mode
+    from captioning.training.unfreezing import UnfreezingSchedule, build_adamw, optimizer_groups, train_mode
     from modeling_captioner import (
         CaptionerConfig,
         CaptionerForConditionalGeneration,
@@ -37,7 +39,6 @@ def measure(preset: str, mode: str, images: int, batch_size: int, repeats: int, 
         build_image_processor,
     )
     from tokenization import build_tokenizer
-    from train import CachedFeatures, EpochSampler, optimizer_groups, step_inputs
 
     torch.manual_seed(0)
     split = load_caption_splits("synthetic", sizes=(images, 8, 8))["train"]
@@ -53,7 +54,7 @@ def measure(preset: str, mode: str, images: int, batch_size: int, repeats: int, 
     if mode == "cached":
         cache = FeatureCache(workdir, cache_key(model.encoder.backbone, processor.image_processor, preset), len(split))
         items = CachedFeatures(split, cache)
-    sampler = EpochSampler(len(items), 0)
+    sampler = training_sampler(len(items), 0)
     collator = CaptionCollator(processor, max_length=model.config.max_position_embeddings)
     loader = DataLoader(items, batch_size=batch_size, sampler=sampler, collate_fn=collator)
 

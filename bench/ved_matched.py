@@ -15,6 +15,7 @@ from transformers import GPT2LMHeadModel, VisionEncoderDecoderModel, ViTModel, g
 
 from captioning.data import load_caption_splits
 from captioning.training.collator import CaptionCollator
+from captioning.training.loop import step_inputs
 from captioning.training.losses import caption_loss
 from captioning.training.unfreezing import build_adamw
 from modeling_captioner import (
@@ -24,7 +25,6 @@ from modeling_captioner import (
     build_image_processor,
 )
 from tokenization import build_tokenizer
-from train import step_inputs
 
 CAPTIONER, TRANSFORMER, VED = "captioner", "captioner-transformer", "ved"
 MODELS = (CAPTIONER, TRANSFORMER, VED)

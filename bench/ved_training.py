@@ -29,9 +29,9 @@ from bench.ved_matched import (
 from captioning.data import CaptionPairs
 from captioning.evaluation.command import generate_captions
 from captioning.evaluation.metrics import compute_caption_metrics
+from captioning.training.data import CachedFeatures, training_sampler
 from captioning.training.feature_cache import FeatureCache, cache_key
 from captioning.training.unfreezing import UnfreezingSchedule, train_mode
-from train import CachedFeatures, EpochSampler
 
 # ---------------------------------------------------------------------------------------------------------------
 # 3. Quality at equal wall-clock
@@ -47,7 +47,7 @@ class TimedTraining:
         # train.py's main-job schedule (configs/synthetic-small.yaml): lr 1e-3, inverse-sqrt after 200 warm-up steps.
         self.run = TrainingRun(model, bench, learning_rate=1e-3, warmup_steps=200)
         train = bench.splits["train"]
-        self.sampler, self.collator = EpochSampler(len(train), 0), bench.collator()
+        self.sampler, self.collator = training_sampler(len(train), 0), bench.collator()
         self.loader = DataLoader(train, batch_size=batch_size, sampler=self.sampler, collate_fn=self.collator)
         self.device = bench.device
         self.epoch, self.batches = 0, iter(self.loader)
@@ -148,8 +148,8 @@ def frozen_ved(bench: Bench, stage: str = "decoder"):
 
 
 def epoch_loader(items, batch_size: int, collator) -> DataLoader:
-    """train.py's order (EpochSampler, seed 0), the same for every model and every repeat."""
-    return DataLoader(items, batch_size, sampler=EpochSampler(len(items), 0), collate_fn=collator)
+    """train.py's order (its seedable sampler, seed 0), the same for every model and every repeat."""
+    return DataLoader(items, batch_size, sampler=training_sampler(len(items), 0), collate_fn=collator)
 
 
 def epoch_rate(run: TrainingRun, loader: DataLoader, trained: int, device) -> float:

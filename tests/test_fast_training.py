@@ -6,6 +6,7 @@ import argparse
 import collections
 import json
 import logging
+import os
 import shutil
 import sys
 
@@ -17,6 +18,8 @@ from test_train import TINY
 from transformers import AutoModel
 
 import train
+from captioning.training import models, setup
+from captioning.training.final import final_evaluation
 from captioning.training.unfreezing import adamw_implementation, build_adamw
 from modeling_captioner import CaptionerConfig, CaptionerForConditionalGeneration
 
@@ -38,7 +41,7 @@ ELSEWHERE = (
 
 def count_step_reads(monkeypatch) -> collections.Counter:
     """Counts the host reads of tensors that train.main makes, by read and its caller's file and line; not those made
-    from ELSEWHERE or from `finish` (the test split, after training)."""
+    from ELSEWHERE or from `final_evaluation` (the test split, after training)."""
     reads = collections.Counter()
 
     def counting(name):
@@ -49,7 +52,7 @@ def count_step_reads(monkeypatch) -> collections.Counter:
             where = f"{name} at {frame.f_code.co_filename}:{frame.f_lineno}"
             while frame is not None:
                 code = frame.f_code
-                if code is train.finish.__code__ or any(part in code.co_filename for part in ELSEWHERE):
+                if code is final_evaluation.__code__ or any(part in code.co_filename for part in ELSEWHERE):
                     break
                 if code is train.main.__code__:
                     reads[where] += 1
@@ -144,17 +147,17 @@ def test_adamw_is_fused_on_cuda_unless_a_grad_scaler_is_involved():
 @pytest.mark.parametrize("cuda", [False, True])
 def test_workers_and_channels_last_follow_the_device(cuda, monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    monkeypatch.setattr(train.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     device = torch.device("cuda" if cuda else "cpu")
     args = train.parse_args(["--output_dir", str(tmp_path)])
-    assert args.num_workers is None and train.on_cuda(args) == cuda
-    assert train.default_num_workers(args, device, 1) == (8 if cuda else 0)
+    assert args.num_workers is None and setup.on_cuda(args) == cuda
+    assert setup.default_num_workers(args, device, 1) == (8 if cuda else 0)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # four GPU processes share the node's 16 cores
-    assert train.default_num_workers(args, device, 4) == (4 if cuda else 0)
-    assert train.default_num_workers(argparse.Namespace(**{**vars(args), "num_workers": 3}), device, 1) == 3
+    assert setup.default_num_workers(args, device, 4) == (4 if cuda else 0)
+    assert setup.default_num_workers(argparse.Namespace(**{**vars(args), "num_workers": 3}), device, 1) == 3
     for encoder, convolutional in (("resnet", True), ("vit", False)):
         model = CaptionerForConditionalGeneration(CaptionerConfig.from_preset("tiny", encoder=encoder))
-        assert train.uses_channels_last(model, device) == (cuda and convolutional)
+        assert models.uses_channels_last(model, device) == (cuda and convolutional)
     with pytest.raises(SystemExit, match="needs --torch_compile"):
         train.parse_args(["--torch_compile_mode", "max-autotune"])
     with pytest.raises(SystemExit, match="0 or more"):
@@ -173,12 +176,12 @@ def test_webdataset_gets_no_more_default_workers_than_training_shards(monkeypatc
         validation_files=None,
         test_files=None,
     )
-    monkeypatch.setattr(train.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     cuda = torch.device("cuda")
-    assert train.default_num_workers(args, cuda, 1) == 3
-    assert train.default_num_workers(args, cuda, 2) == 1
+    assert setup.default_num_workers(args, cuda, 1) == 3
+    assert setup.default_num_workers(args, cuda, 2) == 1
     args.validation_files = args.test_files = "elsewhere.tar"
-    assert train.default_num_workers(args, cuda, 1) == 4
+    assert setup.default_num_workers(args, cuda, 1) == 4
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +205,7 @@ def test_channels_last_backbone_trains_saves_and_resumes(eager_run, tmp_path, mo
     """What a CUDA run does with a convolutional backbone, forced on the CPU: the ResNet's weights and the images go
     channels-last. It trains like the NCHW run, and its checkpoints and saved folder (safetensors wants contiguous
     tensors) write, load and resume exactly."""
-    monkeypatch.setattr(train, "uses_channels_last", lambda model, device: True)
+    monkeypatch.setattr(models, "uses_channels_last", lambda model, device: True)
     caplog.set_level(logging.INFO, logger="train")
     tiny_run(tmp_path / "nhwc", *TWO_STEPS)
     assert "channels_last on" in caplog.text
@@ -240,7 +243,7 @@ def test_gradient_checkpointing_recomputes_layers_with_the_same_losses(eager_run
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     layers, calls = collections.Counter(), collections.Counter()
-    enable = train.enable_gradient_checkpointing
+    enable = models.enable_gradient_checkpointing
 
     def enable_and_count(model):
         enable(model)
@@ -255,7 +258,7 @@ def test_gradient_checkpointing_recomputes_layers_with_the_same_losses(eager_run
                 # On the layer's first part: hooks of the layer itself stay outside the checkpoint and run once.
                 next(module.children()).register_forward_hook(count)
 
-    monkeypatch.setattr(train, "enable_gradient_checkpointing", enable_and_count)
+    monkeypatch.setattr(models, "enable_gradient_checkpointing", enable_and_count)
     tiny_run(tmp_path / "checkpointed", *TWO_STEPS, "--gradient_checkpointing")
     assert layers["CaptionerDecoderLayer"] > 0, f"no decoder layer checkpoints: {dict(layers)}"
     # Two steps, each running every layer twice: in the forward pass, and again in the backward.

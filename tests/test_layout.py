@@ -157,3 +157,23 @@ def test_old_command_paths_still_run(monkeypatch, capsys):
             runpy.run_module(old, run_name="__main__", alter_sys=True)
         assert exit.value.code == 0
         assert capsys.readouterr().out.startswith(f"usage: {prog}")
+
+
+def function_lengths(path: Path) -> dict[str, int]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return {
+        f"{path.relative_to(ROOT)}:{node.name}": node.end_lineno - node.lineno + 1
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
+
+
+def test_train_py_reads_on_one_screen():
+    """train.py's main reads arguments → data → model → schedule → Accelerate → loop → final evaluation in at most 80
+    lines; the pieces it calls (train.py's and captioning/training/'s functions) are at most 60 lines each."""
+    lengths = function_lengths(ROOT / "train.py")
+    assert lengths.pop("train.py:main") <= 80
+    for path in sorted((ROOT / "captioning" / "training").glob("*.py")):
+        lengths.update(function_lengths(path))
+    too_long = {name: n for name, n in lengths.items() if n > 60}
+    assert not too_long, f"functions over 60 lines: {too_long}"

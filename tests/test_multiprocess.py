@@ -21,6 +21,8 @@ from test_train import TINY
 
 import train
 from captioning.data.synthetic import build_synthetic_splits, render_scene
+from captioning.training.data import training_sampler
+from captioning.training.models import prepare_for_strategy
 from captioning.training.unfreezing import UnfreezingSchedule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +55,7 @@ def make_scene_files(root: Path) -> Path:
     two training images that make up process 1's whole first batch of epoch 0 (at 2 images per process), and one
     test image."""
     splits = build_synthetic_splits(seed=0, sizes=SIZES)
-    epoch_0 = list(train.EpochSampler(SIZES[0], seed=0))
+    epoch_0 = list(training_sampler(SIZES[0], seed=0))
     corrupt = {("train", epoch_0[2]), ("train", epoch_0[3]), ("test", 5)}
     (root / "images").mkdir(parents=True)
     entries = []
@@ -109,8 +111,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     # Accelerate deals the batches of one shuffle in turn, so at 2 images per process a step holds the same 4 images
     # as one process's 4-image batch, and process 1 starts with the two undecodable ones.
-    batches = BatchSampler(train.EpochSampler(SIZES[0], seed=0), 2, drop_last=False)
-    order = list(train.EpochSampler(SIZES[0], seed=0))
+    batches = BatchSampler(training_sampler(SIZES[0], seed=0), 2, drop_last=False)
+    order = list(training_sampler(SIZES[0], seed=0))
     assert next(iter(BatchSamplerShard(batches, 2, 1))) == order[2:4]
 
     single = train.main(
@@ -280,14 +282,14 @@ def test_fsdp_config_wraps_the_layers_each_model_has(decoder, tokenizer):
     )
     with pytest.raises(ValueError, match="Could not find the transformer layer class"):
         fsdp2_prepare_auto_wrap_policy(plugin, model)  # the shipped list, unfiltered
-    train.prepare_for_strategy(accelerator, model, UnfreezingSchedule.default(False, False))
+    prepare_for_strategy(accelerator, model, UnfreezingSchedule.default(False, False))
     policy = fsdp2_prepare_auto_wrap_policy(plugin, model)
     wrapped = {type(module).__name__ for module in model.modules() if policy(module)}
     assert wrapped == {"CaptionerEncoderLayer", "GPT2Block" if decoder == "gpt2" else "CaptionerDecoderLayer"}
 
     plugin.fsdp_version = 1
     with pytest.raises(SystemExit, match="needs FSDP version 2"):
-        train.prepare_for_strategy(accelerator, model, UnfreezingSchedule.default(False, False))
+        prepare_for_strategy(accelerator, model, UnfreezingSchedule.default(False, False))
 
 
 def test_deepspeed_takes_one_stage_schedules_only(tokenizer):
@@ -297,8 +299,8 @@ def test_deepspeed_takes_one_stage_schedules_only(tokenizer):
     model = tiny_model("resnet", "transformer", tokenizer)
     accelerator = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, num_processes=8)
     with pytest.raises(SystemExit, match="DeepSpeed fixes which parameters train .* 2 stages"):
-        train.prepare_for_strategy(accelerator, model, UnfreezingSchedule.parse("bridge@0;encoder,decoder@1"))
+        prepare_for_strategy(accelerator, model, UnfreezingSchedule.parse("bridge@0;encoder,decoder@1"))
     # One stage: applied before DeepSpeed starts, so it sees the frozen backbone as frozen.
-    train.prepare_for_strategy(accelerator, model, UnfreezingSchedule.parse("bridge,cross_attention,decoder@0"))
+    prepare_for_strategy(accelerator, model, UnfreezingSchedule.parse("bridge,cross_attention,decoder@0"))
     assert not any(p.requires_grad for p in model.encoder.backbone.parameters())
     assert all(p.requires_grad for p in model.decoder.parameters())

@@ -19,9 +19,11 @@ from test_data import make_coco, make_kaggle_flickr8k
 from transformers import AutoModel, AutoProcessor
 
 import train
+from captioning.data import load_splits_from_args
 from captioning.evaluation import command as captioning_evaluation
 from captioning.evaluation.diagnostics import DIAGNOSTICS, caption_diagnostics
 from captioning.evaluation.metrics import compute_caption_metrics
+from captioning.training import setup
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -290,7 +292,7 @@ def test_bad_flags_are_clear_errors(flags, message, tmp_path):
         train.parse_args([*flags, "--output_dir", str(tmp_path)])
 
 
-def test_hard_scenes_and_decoding_settings_reach_the_saved_model(tmp_path):
+def test_hard_scenes_and_decoding_settings_reach_the_saved_model(tmp_path, capsys):
     """--synthetic_variant hard trains on the hard scenes; n-gram blocking, the repetition penalty and the length
     limit ('auto': the longest training caption and its EOS) are saved in the generation config and metrics.json."""
     report = run_train(
@@ -310,7 +312,7 @@ def test_hard_scenes_and_decoding_settings_reach_the_saved_model(tmp_path):
         "auto",
     )
     processor = AutoProcessor.from_pretrained(tmp_path)
-    train_captions = train.load_splits_from_args(
+    train_captions = load_splits_from_args(
         train.parse_args(["--synthetic_variant", "hard", "--synthetic_sizes", "16,4,4"])
     )["train"].all_captions()
     longest = max(len(processor.tokenizer(c, add_special_tokens=False).input_ids) for c in train_captions)
@@ -329,8 +331,10 @@ def test_hard_scenes_and_decoding_settings_reach_the_saved_model(tmp_path):
     assert report["human_agreement"]["CIDEr-D"] > 0 and report["num_images"] == 4
     predictions = json.loads((tmp_path / "predictions.json").read_text())
     assert predictions[0]["image_id"].startswith("synthetic-hard-test-")
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit:
         train.parse_args(["--max_new_tokens", "many"])
+    assert exit.value.code == 2
+    assert "expected a positive number of tokens or 'auto', got 'many'" in capsys.readouterr().err
 
 
 def test_config_file_supplies_arguments(tmp_path):
@@ -504,7 +508,15 @@ def test_wall_clock_budget_stops_training_and_still_scores(tmp_path):
         "0.0001",
     )
     assert report["optimizer_steps"] == 1  # the budget is checked after every optimizer step
-    assert (tmp_path / "model.safetensors").is_file() and report["test"]["CIDEr-D"] >= 0
+    # Scored all the same: the test numbers are those of the saved predictions, on every test image.
+    assert (tmp_path / "model.safetensors").is_file() and report["num_images"] == 8
+    rows = json.loads((tmp_path / "predictions.json").read_text())
+    rescored = compute_caption_metrics(
+        {row["image_id"]: row["caption"] for row in rows},
+        {row["image_id"]: row["references"] for row in rows},
+        meteor=False,
+    )
+    assert rescored["CIDEr-D"] == pytest.approx(report["test"]["CIDEr-D"], abs=1e-12)
     with pytest.raises(SystemExit, match="must be positive"):
         train.parse_args(["--max_train_minutes", "0"])
 
@@ -528,5 +540,5 @@ def test_mixed_precision_defaults_to_what_the_device_does_well(flag, env, cuda, 
         torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16 and not including_emulation
     )
     args = argparse.Namespace(mixed_precision=flag, cpu=False)
-    assert train.default_mixed_precision(args) == expected
-    assert train.default_mixed_precision(argparse.Namespace(mixed_precision=None, cpu=True)) in (None, "no")
+    assert setup.default_mixed_precision(args) == expected
+    assert setup.default_mixed_precision(argparse.Namespace(mixed_precision=None, cpu=True)) in (None, "no")
