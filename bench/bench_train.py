@@ -47,8 +47,8 @@ def measure(preset: str, mode: str, images: int, batch_size: int, repeats: int, 
     processor = CaptionerProcessor(build_image_processor(model.config), tokenizer)
     text = "bridge,cross_attention,decoder,encoder@0" if mode == "train" else "bridge,cross_attention,decoder@0"
     schedule = UnfreezingSchedule.parse(text)
-    groups = schedule.apply(model, 0)
-    train_mode(model, groups)
+    parts = schedule.apply(model, 0)
+    train_mode(model, parts)
     optimizer = build_adamw(optimizer_groups(model, schedule, 3e-4, 0.01), torch.device("cpu"))
     items, cache = split, None
     if mode == "cached":

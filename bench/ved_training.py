@@ -122,7 +122,7 @@ STAGES = {
 
 
 def frozen_captioner(name: str, bench: Bench, split, workdir: Path | None, stage: str = "decoder"):
-    """train.py's frozen-encoder `stage` (STAGES): the stage's groups train; with a `workdir`, the backbone's features
+    """train.py's frozen-encoder `stage` (STAGES): the stage's parts train; with a `workdir`, the backbone's features
     come from a FeatureCache (filled during the first epoch). Returns the TrainingRun and the items to load."""
     model = build_model(name, bench)
     schedule = UnfreezingSchedule.parse(STAGES[stage][0])

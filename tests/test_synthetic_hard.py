@@ -57,7 +57,7 @@ def test_scenes_cover_the_promised_variety(splits):
     assert any(s.noise for s in scenes) and any(s.blur for s in scenes) and any(s.jpeg_quality for s in scenes)
     relations = {r for s in scenes for _, r, _ in object_relations(s)}
     assert relations == {"left of", "right of", "above", "below", "next to", "in front of", "behind"}
-    counts = {max(len(g) for g in s.groups().values()) for s in scenes}
+    counts = {max(len(g) for g in s.by_kind().values()) for s in scenes}
     assert {2, 3, 4} <= counts  # kinds that come several times, for captions to count
 
 
@@ -71,7 +71,7 @@ def test_every_caption_is_true_to_its_scene(splits):
         scene = example.scene
         colours = {o.colour for o in scene.objects}
         kinds = {o.kind for o in scene.objects}
-        counts = {len(g) for g in scene.groups().values()}
+        counts = {len(g) for g in scene.by_kind().values()}
         for caption in example.captions:
             assert caption == caption.strip().lower(), caption
             # Colours of the setting ("a light blue background", "under a blue sky") are not objects' colours.

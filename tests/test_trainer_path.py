@@ -22,7 +22,7 @@ from captioning.training.trainer import (
     TrainerCollator,
     loadable_subset,
 )
-from captioning.training.unfreezing import UnfreezingSchedule, parameter_group
+from captioning.training.unfreezing import UnfreezingSchedule, parameter_part
 from modeling_captioner import CaptionerConfig, CaptionerProcessor, build_image_processor
 
 
@@ -89,11 +89,11 @@ def test_trainer_trains_and_scores_generated_captions_like_train_py(decoder, tok
     assert "eval_truncated" not in metrics
 
 
-def parameters_by_group(model) -> dict[str, dict[str, torch.Tensor]]:
-    """Every tensor of the state dict (BatchNorm statistics included) by unfreezing group."""
+def parameters_by_part(model) -> dict[str, dict[str, torch.Tensor]]:
+    """Every tensor of the state dict (BatchNorm statistics included) by unfreezing part."""
     groups: dict[str, dict[str, torch.Tensor]] = {}
     for name, value in model.state_dict().items():
-        groups.setdefault(parameter_group(name), {})[name] = value.detach().clone()
+        groups.setdefault(parameter_part(name), {})[name] = value.detach().clone()
     return groups
 
 
@@ -123,7 +123,7 @@ def test_unfreezing_callback_follows_the_schedule_and_resumes_in_its_stage(token
             data_collator=collator,
             callbacks=[callback, Spy()],
         )
-        initial = parameters_by_group(model)
+        initial = parameters_by_part(model)
         trainer.train(resume_from_checkpoint=resume)
         return model, initial, stages
 
@@ -134,7 +134,7 @@ def test_unfreezing_callback_follows_the_schedule_and_resumes_in_its_stage(token
     # Frozen in epoch 0: backbone weights and BatchNorm statistics untouched; the rest trained.
     assert same(initial["encoder"], {n: after_epoch_0[n] for n in initial["encoder"]})
     assert not same(initial["decoder"], {n: after_epoch_0[n] for n in initial["decoder"] if n in after_epoch_0})
-    final = parameters_by_group(model)
+    final = parameters_by_part(model)
     assert not same(initial["encoder"], final["encoder"])
 
     # Resuming from the end of epoch 0 starts in stage 2 and ends where the uninterrupted run ended.

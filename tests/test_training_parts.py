@@ -8,39 +8,39 @@ from conftest import tiny_model
 from captioning.training.feature_cache import FeatureCache, cache_key, cached_vision_features
 from captioning.training.losses import caption_loss
 from captioning.training.unfreezing import (
-    GROUPS,
+    PARTS,
     UnfreezingSchedule,
     adamw_implementation,
     build_adamw,
     optimizer_groups,
-    parameter_group,
+    parameter_part,
     train_mode,
 )
 
 
 @pytest.mark.parametrize("decoder", ["transformer", "gpt2"])
-def test_every_parameter_has_one_group(decoder, tokenizer):
+def test_every_parameter_has_one_part(decoder, tokenizer):
     model = tiny_model("resnet", decoder, tokenizer)
-    groups = {name: parameter_group(name) for name, _ in model.named_parameters()}
-    assert set(groups.values()) == set(GROUPS)
-    cross = [n for n, g in groups.items() if g == "cross_attention"]
+    parts = {name: parameter_part(name) for name, _ in model.named_parameters()}
+    assert set(parts.values()) == set(PARTS)
+    cross = [n for n, g in parts.items() if g == "cross_attention"]
     assert cross and all(("cross_attn" in n) or ("crossattention" in n) or ("ln_cross_attn" in n) for n in cross)
-    assert all(g == "encoder" for n, g in groups.items() if n.startswith("encoder.backbone."))
+    assert all(g == "encoder" for n, g in parts.items() if n.startswith("encoder.backbone."))
 
 
 def test_default_schedule_for_pretrained_parts(tokenizer):
     schedule = UnfreezingSchedule.default(encoder_pretrained=True, decoder_pretrained=True, encoder_lr_scale=0.1)
     assert [s.start_epoch for s in schedule.stages] == [0, 1, 2]
-    assert schedule.trainable_groups(0) == ("bridge", "cross_attention")
-    assert schedule.trainable_groups(1) == ("bridge", "cross_attention", "decoder")
-    assert schedule.trainable_groups(5) == ("bridge", "cross_attention", "decoder", "encoder")
+    assert schedule.trainable_parts(0) == ("bridge", "cross_attention")
+    assert schedule.trainable_parts(1) == ("bridge", "cross_attention", "decoder")
+    assert schedule.trainable_parts(5) == ("bridge", "cross_attention", "decoder", "encoder")
     assert schedule.lr_scales == {"encoder": 0.1}
     # From scratch, every part is new: one stage, everything trains from the start.
     scratch = UnfreezingSchedule.default(encoder_pretrained=False, decoder_pretrained=False)
-    assert len(scratch.stages) == 1 and set(scratch.trainable_groups(0)) == set(GROUPS)
+    assert len(scratch.stages) == 1 and set(scratch.trainable_parts(0)) == set(PARTS)
     # A pretrained encoder with the from-scratch decoder: the decoder is new, so it trains in stage 1.
     encoder_only = UnfreezingSchedule.default(encoder_pretrained=True, decoder_pretrained=False)
-    assert [s.groups for s in encoder_only.stages] == [
+    assert [s.parts for s in encoder_only.stages] == [
         ("bridge", "cross_attention", "decoder"),
         ("bridge", "cross_attention", "decoder", "encoder"),
     ]
@@ -49,8 +49,8 @@ def test_default_schedule_for_pretrained_parts(tokenizer):
 def test_schedule_applies_requires_grad_and_keeps_frozen_batchnorm_in_eval(tokenizer):
     model = tiny_model("resnet", "transformer", tokenizer)
     schedule = UnfreezingSchedule.parse("bridge,cross_attention,decoder@0;encoder@2")
-    groups = schedule.apply(model, epoch=1)
-    train_mode(model, groups)
+    parts = schedule.apply(model, epoch=1)
+    train_mode(model, parts)
     assert not any(p.requires_grad for n, p in model.named_parameters() if n.startswith("encoder.backbone."))
     assert all(p.requires_grad for n, p in model.named_parameters() if n.startswith("decoder."))
     assert not model.encoder.backbone.training and model.decoder.training
@@ -58,14 +58,14 @@ def test_schedule_applies_requires_grad_and_keeps_frozen_batchnorm_in_eval(token
     before = batchnorm.running_mean.clone()
     model(pixel_values=torch.randn(2, 3, 32, 32), labels=torch.tensor([[5, 6], [7, 3]]))
     torch.testing.assert_close(batchnorm.running_mean, before, atol=0, rtol=0)
-    groups = schedule.apply(model, epoch=2)
-    train_mode(model, groups)
+    parts = schedule.apply(model, epoch=2)
+    train_mode(model, parts)
     assert model.encoder.backbone.training and all(p.requires_grad for p in model.parameters())
     assert "stage 2 from epoch 2" in schedule.describe(model) and "frozen: encoder" in schedule.describe(model)
 
 
 def test_fused_adamw_takes_the_same_steps_as_torch_default(tokenizer):
-    """train.py's AdamW (fused where the device has the kernel) over optimizer_groups, frozen groups included: the
+    """train.py's AdamW (fused where the device has the kernel) over optimizer_groups, frozen parts included: the
     same updates as torch's default implementation, per-group learning rates and weight decay kept."""
     models = [tiny_model("vit", "gpt2", tokenizer) for _ in range(2)]
     schedule = UnfreezingSchedule.parse("bridge,cross_attention,decoder@0;encoder@1")
@@ -147,7 +147,7 @@ def test_adamw_without_a_fused_kernel_falls_back_and_bad_names_are_refused():
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("decoder@1", "must begin at 0"), ("bridge@0;decoder", "group,group@EPOCH"), ("wings@0", "Unknown parameter")],
+    [("decoder@1", "must begin at 0"), ("bridge@0;decoder", "part,part@EPOCH"), ("wings@0", "Unknown part")],
 )
 def test_bad_schedules_are_rejected(text, message):
     with pytest.raises(ValueError, match=message):

@@ -89,12 +89,12 @@ class HardScene:
         if self.background == "plain" and self.tone not in PLAIN_TONES:
             raise ValueError(f"HardScene.tone={self.tone!r}: a plain background is one of {tuple(PLAIN_TONES)}.")
 
-    def groups(self) -> dict[str, list[HardObject]]:
+    def by_kind(self) -> dict[str, list[HardObject]]:
         """Objects by kind, in the order the kinds were first drawn."""
-        groups: dict[str, list[HardObject]] = {}
+        kinds: dict[str, list[HardObject]] = {}
         for obj in self.objects:
-            groups.setdefault(obj.kind, []).append(obj)
-        return groups
+            kinds.setdefault(obj.kind, []).append(obj)
+        return kinds
 
     @property
     def degraded(self) -> dict[str, bool]:
@@ -446,7 +446,7 @@ def _count_kind(members: list[HardObject], rng: random.Random, colour: bool) -> 
 
 def _kinds_by_count(scene: HardScene) -> list[list[HardObject]]:
     """Objects grouped by kind, the most numerous kind first, as an annotator names them."""
-    return sorted(scene.groups().values(), key=len, reverse=True)
+    return sorted(scene.by_kind().values(), key=len, reverse=True)
 
 
 def _listing(phrases: list[str]) -> str:

@@ -149,7 +149,7 @@ class CaptionCollator:
         if not kept:
             return batch
         epoch = self.epoch
-        groups = []  # each image's captions
+        captions = []  # each image's captions, a list per image
         for item in kept:
             caption = item.get("caption")
             if caption is not None and self.captions_per_image > 1:
@@ -157,14 +157,14 @@ class CaptionCollator:
                     f"Item {item['image_id']!r} carries its own caption (CaptionPairs); captions_per_image="
                     f"{self.captions_per_image} picks several per image from items with one per image."
                 )
-            groups.append([caption] if caption is not None else self.pick_captions(item["captions"], item["index"]))
+            captions.append([caption] if caption is not None else self.pick_captions(item["captions"], item["index"]))
         with_features = ["vision_features" in item for item in kept]
         if all(with_features):
             batch["vision_features"] = torch.stack([torch.as_tensor(item["vision_features"]) for item in kept])
         else:
             # Before the labels: a flipped image gets its captions' left and right swapped.
-            batch["pixel_values"] = self._pixel_values(kept, groups, epoch)
-        batch["captions"] = [caption for group in groups for caption in group]
+            batch["pixel_values"] = self._pixel_values(kept, captions, epoch)
+        batch["captions"] = [caption for image_captions in captions for caption in image_captions]
         if self.captions_per_image > 1:
             batch["captions_per_image"] = self.captions_per_image
         labels = self.processor(text_target=batch["captions"], max_length=self.max_length)["labels"]

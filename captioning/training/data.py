@@ -81,7 +81,7 @@ class CachedFeatures(torch.utils.data.Dataset):
 def feature_cache_for(args, accelerator, split, model, processor, schedule, streaming: bool) -> FeatureCache | None:
     """The backbone-feature cache of the training images, where one can serve: a stage with a frozen encoder, one
     item per image, un-augmented images of a fixed set, and one process writing it."""
-    frozen_stage = any("encoder" not in stage.groups for stage in schedule.stages)
+    frozen_stage = any("encoder" not in stage.parts for stage in schedule.stages)
     if not frozen_stage or args.no_feature_cache or args.all_pairs:
         return None
     if streaming or args.augment:

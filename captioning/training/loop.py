@@ -199,16 +199,16 @@ class Run:
 def train_one_epoch(run: Run, epoch: int) -> None:
     """The optimizer steps of `epoch`, from where the state stopped in it, until it ends or the run is done."""
     args, accelerator, state = run.args, run.accelerator, run.state
-    groups = run.schedule.apply(run.unwrapped, epoch)
-    train_mode(run.unwrapped, groups)
-    frozen_encoder = "encoder" not in groups
+    parts = run.schedule.apply(run.unwrapped, epoch)
+    train_mode(run.unwrapped, parts)
+    frozen_encoder = "encoder" not in parts
     batches = run.data.epoch(epoch, state, frozen_encoder)
     if args.augment and args.with_tracking:
         strength = run.data.collator.augmentation_strength(epoch)
         accelerator.log({"train/augmentation_strength": strength}, step=state["completed_steps"])
     for batch in batches:
         state["batches_in_epoch"] += 1
-        if not training_step(run, run.data.take(batch), groups, frozen_encoder):
+        if not training_step(run, run.data.take(batch), parts, frozen_encoder):
             continue
         state["completed_steps"] += 1
         run.progress.update(1)
@@ -224,7 +224,7 @@ def train_one_epoch(run: Run, epoch: int) -> None:
             break
 
 
-def training_step(run: Run, batch: dict, groups: tuple[str, ...], frozen_encoder: bool) -> bool:
+def training_step(run: Run, batch: dict, parts: tuple[str, ...], frozen_encoder: bool) -> bool:
     """One forward and backward (and, at the end of an accumulation, an optimizer step). Returns whether an optimizer
     step completed; False also for a batch no process has a caption token of."""
     args, accelerator, unwrapped = run.args, run.accelerator, run.unwrapped
@@ -266,7 +266,7 @@ def training_step(run: Run, batch: dict, groups: tuple[str, ...], frozen_encoder
         run.lr_scheduler.step()
         run.optimizer.zero_grad()
     if standing_in:
-        train_mode(unwrapped, groups)
+        train_mode(unwrapped, parts)
     run.tallies.add_loss(loss, share)
     return accelerator.sync_gradients
 

@@ -11,7 +11,7 @@ from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 from transformers import AutoConfig, AutoTokenizer
 
 from captioning.training.arguments import with_values
-from captioning.training.unfreezing import GROUPS, UnfreezingSchedule
+from captioning.training.unfreezing import PARTS, UnfreezingSchedule
 from modeling_captioner import DECODER_TYPES, CaptionerConfig, CaptionerForConditionalGeneration
 from tokenization import build_tokenizer
 
@@ -105,7 +105,7 @@ def unfreezing_schedule(args, encoder_pretrained: bool, decoder_pretrained: bool
 def prepare_for_strategy(accelerator, model, schedule: UnfreezingSchedule) -> None:
     """What DDP, FSDP and DeepSpeed each need before `accelerator.prepare`; a setup that cannot work stops here, with
     the reason."""
-    freezes = any(set(stage.groups) != set(GROUPS) for stage in schedule.stages)
+    freezes = any(set(stage.parts) != set(PARTS) for stage in schedule.stages)
     if accelerator.distributed_type == DistributedType.FSDP:
         plugin = accelerator.state.fsdp_plugin
         if plugin.fsdp_version != 2:

@@ -40,7 +40,7 @@ def plan_steps(args, batches_per_process: int, accelerator) -> StepPlan:
 
 
 def build_optimizer(model, schedule: UnfreezingSchedule, args, accelerator) -> torch.optim.Optimizer:
-    """AdamW (--optim) over the schedule's parameter groups; fp16 loss scaling takes the unfused kernel."""
+    """AdamW (--optim) over the parts of the schedule (a parameter group each); fp16 loss scaling takes the unfused kernel."""
     return build_adamw(
         optimizer_groups(model, schedule, args.learning_rate, args.weight_decay),
         accelerator.device,

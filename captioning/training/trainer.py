@@ -137,7 +137,7 @@ class CaptionTrainingCallback(TrainerCallback):
     Moves a captioner's training along with the Trainer's epochs, as train.py does:
 
     - the collator picks each image's reference for the current epoch (one reference per image per epoch);
-    - with an [`UnfreezingSchedule`], only the parameter groups of the epoch's stage train, and a frozen backbone
+    - with an [`UnfreezingSchedule`], only the parts of the epoch's stage train, and a frozen backbone
       keeps its BatchNorm statistics (it runs in eval mode although the Trainer calls `model.train()` every step).
 
     Resuming from a checkpoint (`trainer.train(resume_from_checkpoint=...)`) resumes in the checkpoint's stage.
@@ -147,7 +147,7 @@ class CaptionTrainingCallback(TrainerCallback):
 
     Args:
         collator (`CaptionCollator`, *optional*): the Trainer's data collator.
-        schedule (`UnfreezingSchedule`, *optional*): which parameter groups train from which epoch.
+        schedule (`UnfreezingSchedule`, *optional*): which parts of the model train from which epoch.
     """
 
     def __init__(self, collator: CaptionCollator | None = None, schedule: UnfreezingSchedule | None = None):
@@ -170,9 +170,9 @@ class CaptionTrainingCallback(TrainerCallback):
             return
         stage = self.schedule.stage_index(epoch)
         if stage != self.stage:
-            groups = self.schedule.apply(model, epoch)
+            parts = self.schedule.apply(model, epoch)
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            logger.info(f"epoch {epoch}: unfreezing stage {stage + 1} ({', '.join(groups)}; {trainable:,} trainable)")
+            logger.info(f"epoch {epoch}: unfreezing stage {stage + 1} ({', '.join(parts)}; {trainable:,} trainable)")
             self.stage = stage
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):

@@ -1,4 +1,4 @@
-"""Staged unfreezing as a declared schedule: which parameter groups train from which epoch, and at what learning rate
+"""Staged unfreezing as a declared schedule: which parts of the model train from which epoch, and at what learning rate
 scale (new parts first, then the pretrained decoder, then the pretrained encoder at a lower rate)."""
 
 from dataclasses import dataclass, field
@@ -10,12 +10,12 @@ from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 # AdamW implementations, by the names TrainingArguments.optim gives them; the Trainer's default is the fused one.
 OPTIMIZERS = ("adamw_torch_fused", "adamw_torch")
 
-# Every parameter of a captioner belongs to exactly one group.
-GROUPS = ("encoder", "bridge", "cross_attention", "decoder")
+# Every parameter of a captioner belongs to exactly one part.
+PARTS = ("encoder", "bridge", "cross_attention", "decoder")
 
 
-def parameter_group(name: str) -> str:
-    """The group of a CaptionerForConditionalGeneration parameter, from its name."""
+def parameter_part(name: str) -> str:
+    """The part of a CaptionerForConditionalGeneration parameter, from its name."""
     if name.startswith("encoder.backbone."):
         return "encoder"
     if name.startswith("encoder."):
@@ -28,15 +28,15 @@ def parameter_group(name: str) -> str:
         return "cross_attention"
     if name.startswith("decoder."):
         return "decoder"
-    raise ValueError(f"Parameter {name!r} belongs to no unfreezing group {GROUPS}.")
+    raise ValueError(f"Parameter {name!r} belongs to no unfreezing part {PARTS}.")
 
 
 @dataclass(frozen=True)
 class Stage:
-    """From `start_epoch` on, the parameters of `groups` train (all others are frozen)."""
+    """From `start_epoch` on, the parameters of `parts` train (all others are frozen)."""
 
     start_epoch: int
-    groups: tuple[str, ...]
+    parts: tuple[str, ...]
 
 
 @dataclass
@@ -51,19 +51,19 @@ class UnfreezingSchedule:
         if starts[0] != 0 or starts != sorted(set(starts)):
             raise ValueError(f"Stage start epochs must begin at 0 and increase strictly; got {starts}.")
         for stage in self.stages:
-            unknown = set(stage.groups) - set(GROUPS)
+            unknown = set(stage.parts) - set(PARTS)
             if unknown:
-                raise ValueError(f"Unknown parameter group(s) {sorted(unknown)} in the schedule; use {GROUPS}.")
+                raise ValueError(f"Unknown part(s) {sorted(unknown)} in the schedule; use {PARTS}.")
 
     @classmethod
     def parse(cls, text: str, lr_scales: dict[str, float] | None = None) -> "UnfreezingSchedule":
-        """Parse "bridge,cross_attention,decoder@0;encoder@2": groups that join at each epoch (they stay unfrozen)."""
+        """Parse "bridge,cross_attention,decoder@0;encoder@2": parts that join at each epoch (they stay unfrozen)."""
         stages, trainable = [], []
-        for part in filter(None, (p.strip() for p in text.split(";"))):
-            groups, _, epoch = part.partition("@")
+        for clause in filter(None, (c.strip() for c in text.split(";"))):
+            names, _, epoch = clause.partition("@")
             if not epoch.strip().isdigit():
-                raise ValueError(f"Schedule part {part!r} must look like 'group,group@EPOCH' (e.g. 'encoder@2').")
-            trainable += [g.strip() for g in groups.split(",") if g.strip() and g.strip() not in trainable]
+                raise ValueError(f"Schedule clause {clause!r} must look like 'part,part@EPOCH' (e.g. 'encoder@2').")
+            trainable += [n.strip() for n in names.split(",") if n.strip() and n.strip() not in trainable]
             stages.append(Stage(int(epoch), tuple(trainable)))
         return cls(stages, dict(lr_scales or {}))
 
@@ -73,45 +73,45 @@ class UnfreezingSchedule:
     ) -> "UnfreezingSchedule":
         """New parts (bridge, cross-attention, any randomly initialised part) first; a pretrained decoder joins at
         epoch 1, a pretrained encoder one epoch later at `encoder_lr_scale` times the learning rate."""
-        groups = ["bridge", "cross_attention"]
+        parts = ["bridge", "cross_attention"]
         if not decoder_pretrained:
-            groups.append("decoder")
+            parts.append("decoder")
         if not encoder_pretrained:
-            groups.append("encoder")
-        stages = [Stage(0, tuple(groups))]
+            parts.append("encoder")
+        stages = [Stage(0, tuple(parts))]
         if decoder_pretrained:
-            groups = [*groups, "decoder"]
-            stages.append(Stage(stages[-1].start_epoch + 1, tuple(groups)))
+            parts = [*parts, "decoder"]
+            stages.append(Stage(stages[-1].start_epoch + 1, tuple(parts)))
         if encoder_pretrained:
-            stages.append(Stage(stages[-1].start_epoch + 1, (*groups, "encoder")))
+            stages.append(Stage(stages[-1].start_epoch + 1, (*parts, "encoder")))
         return cls(stages, {"encoder": encoder_lr_scale} if encoder_pretrained else {})
 
     def stage_index(self, epoch: int) -> int:
         return max(i for i, stage in enumerate(self.stages) if stage.start_epoch <= epoch)
 
-    def trainable_groups(self, epoch: int) -> tuple[str, ...]:
-        return self.stages[self.stage_index(epoch)].groups
+    def trainable_parts(self, epoch: int) -> tuple[str, ...]:
+        return self.stages[self.stage_index(epoch)].parts
 
     def apply(self, model: nn.Module, epoch: int) -> tuple[str, ...]:
         """Set requires_grad for the stage of `epoch`; a frozen backbone also goes to eval mode (in `train_mode`)."""
-        groups = self.trainable_groups(epoch)
+        parts = self.trainable_parts(epoch)
         for name, parameter in model.named_parameters():
-            parameter.requires_grad_(parameter_group(name) in groups)
-        return groups
+            parameter.requires_grad_(parameter_part(name) in parts)
+        return parts
 
     def describe(self, model: nn.Module) -> str:
         """Trainable parameters per stage, for --dry_run."""
-        sizes = dict.fromkeys(GROUPS, 0)
+        sizes = dict.fromkeys(PARTS, 0)
         for name, parameter in model.named_parameters():
-            sizes[parameter_group(name)] += parameter.numel()
+            sizes[parameter_part(name)] += parameter.numel()
         lines = []
         for i, stage in enumerate(self.stages):
-            trainable = sum(sizes[g] for g in stage.groups)
+            trainable = sum(sizes[g] for g in stage.parts)
             parts = ", ".join(
                 f"{g} {sizes[g]:,}" + (f" (lr ×{self.lr_scales[g]})" if g in self.lr_scales else "")
-                for g in stage.groups
+                for g in stage.parts
             )
-            frozen = [g for g in GROUPS if g not in stage.groups and sizes[g]]
+            frozen = [g for g in PARTS if g not in stage.parts and sizes[g]]
             lines.append(
                 f"stage {i + 1} from epoch {stage.start_epoch}: {trainable:,} trainable parameters [{parts}]"
                 + (f"; frozen: {', '.join(frozen)}" if frozen else "")
@@ -119,27 +119,27 @@ class UnfreezingSchedule:
         return "\n".join(lines)
 
 
-def train_mode(model: nn.Module, trainable_groups: tuple[str, ...]) -> None:
+def train_mode(model: nn.Module, trainable_parts: tuple[str, ...]) -> None:
     """model.train(), except a frozen backbone, which stays in eval mode so its BatchNorm statistics stay put."""
     model.train()
-    if "encoder" not in trainable_groups:
+    if "encoder" not in trainable_parts:
         model.encoder.backbone.eval()
 
 
 def optimizer_groups(model: nn.Module, schedule: UnfreezingSchedule, learning_rate: float, weight_decay: float):
-    """AdamW groups: no weight decay on biases, norms and embeddings; each unfreezing group at its own LR scale."""
+    """AdamW's parameter groups: no weight decay on biases, norms and embeddings; each part at its schedule's LR scale."""
     groups: dict[tuple[str, bool], list] = {}
     for name, parameter in model.named_parameters():
         no_decay = parameter.ndim < 2 or "embed" in name or "wte" in name or "wpe" in name or "norm" in name
-        groups.setdefault((parameter_group(name), no_decay), []).append(parameter)
+        groups.setdefault((parameter_part(name), no_decay), []).append(parameter)
     return [
         {
             "params": params,
-            "lr": learning_rate * schedule.lr_scales.get(group, 1.0),
+            "lr": learning_rate * schedule.lr_scales.get(part, 1.0),
             "weight_decay": 0.0 if no_decay else weight_decay,
-            "name": f"{group}{'-no_decay' if no_decay else ''}",
+            "name": f"{part}{'-no_decay' if no_decay else ''}",
         }
-        for (group, no_decay), params in sorted(groups.items())
+        for (part, no_decay), params in sorted(groups.items())
     ]
 
 
@@ -151,8 +151,8 @@ def build_adamw(
     (lr, weight_decay, ...) go to torch.optim.AdamW.
 
     "adamw_torch_fused", the Trainer's default too, updates all parameters in one fused kernel per step: the same
-    arithmetic as torch's default implementation, which on a CPU loops over the tensors with eight operations each (for
-    ViT-GPT-2's 114M decoder parameters on two CPU cores, 61 ms a step against 344 ms). torch's default is used
+    arithmetic as torch's default implementation, which on a CPU loops over the tensors with eight operations each
+    (several times slower for a GPT-2-sized decoder; BENCHMARKS.md has the figures). torch's default is used
     instead where torch has no fused kernel for `device` (or a parameter is not floating point), and with
     `loss_scaling` (fp16 with a GradScaler): Accelerate holds the learning-rate schedule back on a step whose
     gradients overflowed only when the scaler skips `optimizer.step()`, and with a fused optimizer the scaler calls it
