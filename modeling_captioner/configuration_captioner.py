@@ -11,6 +11,10 @@ POSITION_EMBEDDING_TYPES = ("learned", "sinusoidal_2d", "none")
 FEATURE_PROJECTIONS = ("linear", "none")
 RNN_CELLS = ("lstm", "gru", "rnn")
 RNN_ATTENTIONS = ("bahdanau", "luong", "none")
+# Fields that GPT-2's text config holds too (see CaptionerConfig.__getattribute__).
+SHARED_WITH_TEXT_CONFIG = frozenset(
+    ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "tie_word_embeddings")
+)
 
 
 def vision_feature_size(vision_config) -> int:
@@ -162,19 +166,45 @@ class CaptionerConfig(PreTrainedConfig):
         return super().get_text_config(decoder=decoder, encoder=encoder)
 
     def _sync_text_config(self) -> None:
-        """GPT-2's own config is the truth for its width and vocabulary; this config's special tokens are the truth
-        for generation, so they are written into GPT-2's config (generate() reads the decoder's text config)."""
+        """GPT-2's own config is the truth for its width and vocabulary; this config's special tokens and
+        `tie_word_embeddings` are the truth for generation and saving, so they are written into GPT-2's config
+        (generate(), GPT-2 and its weight tying read the decoder's text config). From here on the fields in
+        `SHARED_WITH_TEXT_CONFIG` are one value: see `__getattribute__`."""
         text = self.text_config
+        own = self.__dict__
         text.add_cross_attention = True
         text.is_decoder = True
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "tie_word_embeddings"):
+            setattr(text, name, own[name])
+        own["_shares_text_config"] = True
         self.d_model = text.hidden_size
         self.vocab_size = text.vocab_size
         self.decoder_layers = text.num_hidden_layers
         self.decoder_attention_heads = text.num_attention_heads
         self.max_position_embeddings = text.max_position_embeddings
-        for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
-            setattr(text, name, getattr(self, name))
-        text.tie_word_embeddings = self.tie_word_embeddings
+
+    # With decoder_type="gpt2" these fields live in GPT-2's config as well as here, and transformers reads and writes
+    # either copy: generate() and the stock model tests set tokens through `get_text_config(decoder=True)`,
+    # `resize_token_embeddings` sets the text config's vocab_size, GPT-2 ties its lm_head by its own config. So they
+    # are one value: this config's names read GPT-2's, and writes here reach GPT-2's too.
+    def __getattribute__(self, key):
+        if key in SHARED_WITH_TEXT_CONFIG:
+            own = super().__getattribute__("__dict__")  # (torch.compile traces this form, not object.__getattribute__)
+            if own.get("_shares_text_config"):
+                return getattr(own["text_config"], key)
+        return super().__getattribute__(key)
+
+    def __setattr__(self, key, value):
+        super().__setattr__(key, value)
+        if key in SHARED_WITH_TEXT_CONFIG and self.__dict__.get("_shares_text_config"):
+            setattr(self.text_config, key, value)
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        output.pop("_shares_text_config", None)
+        for name in SHARED_WITH_TEXT_CONFIG:
+            output[name] = getattr(self, name)
+        return output
 
     def validate(self) -> None:
         """Raise a `ValueError` naming the field when the config cannot build a working model."""
@@ -486,4 +516,4 @@ PRESETS["small-128"] = {
     "fields": {**PRESETS["small"]["fields"], "image_size": 128},
 }
 
-__all__ = ["CaptionerConfig", "PRESETS", "special_tokens_from_tokenizer", "vision_feature_size"]
+__all__ = ["PRESETS", "CaptionerConfig", "special_tokens_from_tokenizer", "vision_feature_size"]

@@ -4,6 +4,7 @@ from-scratch Transformer or GPT-2 with cross-attention) behind transformers' gen
 import contextlib
 import inspect
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
 from transformers.models.gpt2.modeling_gpt2 import eager_attention_forward as gpt2_eager_attention_forward
 from transformers.utils import is_torchdynamo_compiling, logging
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_captioner import CaptionerConfig, special_tokens_from_tokenizer, vision_feature_size
 
@@ -152,7 +154,14 @@ def unfold_captions(states: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 def step_cache(cache: Cache | None, use_cache: bool) -> EncoderDecoderCache | None:
-    """The cache a decoder call reads and extends: none without use_cache, a fresh one when the caller has none."""
+    """The cache a decoder call reads and extends: none without use_cache, a fresh one when the caller has none.
+
+    Layout, deliberately unlike transformers' encoder-decoder models: the self-attention part has one row per caption
+    (B·g rows: every beam or sample), the cross-attention part one row per *image* (B rows), because all g captions of
+    an image read the same keys and values (`caption_groups`, `fold_captions`). Beam search therefore reorders only
+    the self-attention part (`_reorder_cache`). The LSTM decoder keeps its recurrent state in the self-attention part
+    (keys=h, values=c, one row per caption) and the projected image features in the cross-attention part (a row per
+    caption there: its state is per caption from the first step)."""
     if not use_cache:
         return None
     return cache if cache is not None else EncoderDecoderCache(DynamicCache(), DynamicCache())
@@ -203,7 +212,8 @@ class CaptionerAttention(nn.Module):
             key = self._split_heads(self.k_proj(source))
             value = self._split_heads(self.v_proj(source))
             if cache is not None and is_cross_attention:
-                # Contiguous once here, rather than copied by the attention kernel at every generation step.
+                # One row per image, not per beam or sample (the layout: `step_cache`). Contiguous once here, rather
+                # than copied by the attention kernel at every generation step.
                 key, value = cache.cross_attention_cache.update(key.contiguous(), value.contiguous(), self.layer_idx)
                 cache.is_updated[self.layer_idx] = True
             elif cache is not None:
@@ -391,6 +401,11 @@ class CaptionerImageEncoder(nn.Module):
     def backbone_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The backbone's last_hidden_state: what a feature cache stores while the backbone is frozen."""
         self.check_pixel_values(pixel_values)
+        # Processors return float32 images; a model cast with `.to(dtype)` or loaded with `dtype=` reads them in its
+        # own dtype, as 🤗 ViT and CLIP cast theirs (a ResNet would fail on the mismatch).
+        weight = next(self.backbone.parameters(), None)
+        if weight is not None:
+            pixel_values = pixel_values.to(weight.dtype)
         return self.backbone(pixel_values=pixel_values, return_dict=True).last_hidden_state
 
     def forward(
@@ -447,6 +462,9 @@ class CaptionerTransformerDecoder(nn.Module):
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
 
     def forward(
         self,
@@ -574,6 +592,9 @@ class CaptionerLSTMDecoder(nn.Module):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embed_tokens
 
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
     def _step(self, embeds: torch.Tensor, keys: torch.Tensor, features: torch.Tensor, *state: torch.Tensor):
         """One word: attention from the top layer's state, then the cells. `state` is h0, c0, h1, c1, … (flat, so that
         a checkpoint sees tensors); returns the attention weights and the new state, flat the same way."""
@@ -688,7 +709,7 @@ class CaptionerGPT2CrossAttention(GPT2Attention):
             key, value = self.c_attn(encoder_hidden_states).split(self.split_size, dim=2)
             shape = (*key.shape[:-1], -1, self.head_dim)
             key, value = key.view(shape).transpose(1, 2), value.view(shape).transpose(1, 2)
-            if cross_cache is not None:
+            if cross_cache is not None:  # one row per image, not per caption (the layout: `step_cache`)
                 key, value = cross_cache.update(key.contiguous(), value.contiguous(), self.layer_idx)
                 cache.is_updated[self.layer_idx] = True
         query = self.q_attn(hidden_states)
@@ -768,6 +789,11 @@ class CaptionerSeq2SeqLMOutput(Seq2SeqLMOutput):
 class CaptionerPreTrainedModel(PreTrainedModel):
     config_class = CaptionerConfig
     config: CaptionerConfig
+    # As in VisionEncoderDecoderModel ("vision_encoder_decoder"): the captioner is its own base model (AutoModel
+    # resolves to it, and its lm_head lives inside the decoder, so no head-less body exists), so `model.base_model` is
+    # the model itself. The prefix is the attribute a class wrapping the captioner would keep it under: the loader
+    # strips it from such a checkpoint's keys. Naming `encoder` or `decoder` instead would make half the model the
+    # "base" that transformers saves, prefixes and plans on its own (neither is a PreTrainedModel for every decoder).
     base_model_prefix = "captioner"
     main_input_name = "pixel_values"
     input_modalities = ("image", "text")
@@ -780,7 +806,7 @@ class CaptionerPreTrainedModel(PreTrainedModel):
     # The forward has no data-dependent branches: generate() compiles its decoding step with a static cache.
     _can_compile_fullgraph = True
     supports_gradient_checkpointing = True
-    _no_split_modules = ["CaptionerEncoderLayer", "CaptionerDecoderLayer", "GPT2Block"]
+    _no_split_modules: ClassVar[list[str]] = ["CaptionerEncoderLayer", "CaptionerDecoderLayer", "GPT2Block"]
 
 
 class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixin):
@@ -814,6 +840,14 @@ class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixi
         self.encoder.backbone.config = config.vision_config
         if config.decoder_type == "gpt2":
             self.decoder.config = config.text_config
+        output, embeddings = self.decoder.lm_head, self.decoder.get_input_embeddings()
+        if not config.tie_word_embeddings and output.weight is embeddings.weight:
+            # A pretrained GPT-2 arrives with its lm_head tied to wte. Untied (tie_word_embeddings=False), the lm_head
+            # starts as a copy of wte and is saved on its own; a tied one is saved once, under the embeddings' name.
+            output.weight = nn.Parameter(embeddings.weight.detach().clone())
+        if isinstance(self.decoder, PreTrainedModel):
+            # It listed its tied weights (which post_init gathers, and saving leaves out) under its own config.
+            self.decoder.all_tied_weights_keys = self.decoder.get_expanded_tied_weights_keys(all_submodels=False)
         self.post_init()
         # Instead of transformers' model-agnostic 20 tokens, a caption may use the decoder's positions (start token
         # included), up to 64. As max_length, not max_new_tokens: a max_new_tokens default would silently override a
@@ -893,6 +927,7 @@ class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixi
         if kept is not None and kept[0] == shape and kept[1].self_attention_cache.get_max_length() >= max_cache_len:
             kept[1].reset()
             return kept[1]
+        # Its cross-attention layers take their batch from the first update: one row per image (see `step_cache`).
         cache = super()._prepare_static_cache(cache_implementation, batch_size, max_cache_len, *args, **kwargs)
         self._kept_static_cache = (shape, cache)
         return cache
@@ -938,6 +973,10 @@ class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixi
     def get_input_embeddings(self) -> nn.Embedding:
         return self.decoder.get_input_embeddings()
 
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        # What resize_token_embeddings() calls; it then resizes the lm_head and ties the two again where configured.
+        self.decoder.set_input_embeddings(value)
+
     def get_output_embeddings(self) -> nn.Linear:
         return self.decoder.lm_head
 
@@ -947,6 +986,9 @@ class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixi
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
+    # As in transformers' own models: the pre-5.x name still works, with a FutureWarning, instead of vanishing into
+    # **kwargs (which left the cache unread).
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         pixel_values: torch.FloatTensor | None = None,
@@ -1168,7 +1210,14 @@ class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixi
                     f"The tokenizer has {len(tokenizer)} tokens but {decoder_pretrained_model_name_or_path} has "
                     f"vocab_size={decoder.config.vocab_size}; use the decoder's own tokenizer."
                 )
+        loaded = [
+            (part.config, part.config._attn_implementation) for part in (vision_model, decoder) if part is not None
+        ]
         config = CaptionerConfig(vision_config=vision_model.config, **config_kwargs)
+        # A new config resets its sub-configs' attention implementation, which the loaded parts read (GPT-2 with none
+        # set would run eager attention without its causal mask): they keep the one they were loaded with.
+        for part_config, implementation in loaded:
+            part_config._attn_implementation = implementation
         model = cls(config, vision_model=vision_model, decoder=decoder)
 
         pretrained = {f"encoder.backbone.{k}" for k in vision_model.state_dict()}
@@ -1209,11 +1258,11 @@ def _summarise_names(names: list[str]) -> list[str]:
 
 
 __all__ = [
-    "CaptionerForConditionalGeneration",
-    "CaptionerLSTMDecoder",
-    "CaptionerSeq2SeqLMOutput",
-    "CaptionerImageEncoder",
-    "CaptionerPreTrainedModel",
-    "CaptionerTransformerDecoder",
     "DECODER_CLASSES",
+    "CaptionerForConditionalGeneration",
+    "CaptionerImageEncoder",
+    "CaptionerLSTMDecoder",
+    "CaptionerPreTrainedModel",
+    "CaptionerSeq2SeqLMOutput",
+    "CaptionerTransformerDecoder",
 ]
