@@ -1,4 +1,4 @@
-"""The README's main-job command (`make demo`): it learns its eight scenes and leaves a loadable model folder."""
+"""`captioner demo` (`make demo`): it learns its eight scenes and leaves a loadable model folder."""
 
 import pytest
 from transformers import AutoModel, AutoProcessor
@@ -15,8 +15,14 @@ def test_demo_learns_its_scenes_and_saves_a_model_folder(tmp_path, capsys):
     assert AutoProcessor.from_pretrained(tmp_path / "demo").tokenizer.eos_token == "[SEP]"
 
 
-def test_demo_rejects_bad_flags():
-    with pytest.raises(SystemExit):
-        demo.main(["--steps", "0"])
-    with pytest.raises(SystemExit):
-        demo.main(["--encoder", "alexnet"])
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--steps", "0"], "argument --steps: expected a whole number >= 1, got '0'"),
+        (["--encoder", "alexnet"], "invalid choice: 'alexnet'"),
+    ],
+)
+def test_demo_rejects_bad_flags(flags, says, capsys):
+    with pytest.raises(SystemExit) as exit:
+        demo.main(flags)
+    assert exit.value.code == 2 and says in capsys.readouterr().err
