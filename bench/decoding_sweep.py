@@ -18,10 +18,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from captioning.data import add_data_arguments, check_data_arguments, load_splits_from_args  # noqa: E402
-from captioning.evaluation.command import generate_captions  # noqa: E402
-from captioning.evaluation.diagnostics import caption_diagnostics  # noqa: E402
-from captioning.evaluation.metrics import compute_caption_metrics  # noqa: E402
+from captioning.data import add_data_arguments, check_data_arguments, load_splits_from_args
+from captioning.evaluation.command import generate_captions
+from captioning.evaluation.diagnostics import caption_diagnostics
+from captioning.evaluation.metrics import compute_caption_metrics
 
 
 def numbers(kind):

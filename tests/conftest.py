@@ -5,12 +5,12 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from captioning.data.synthetic import all_scenes, render_scene  # noqa: E402
-from modeling_captioner import CaptionerConfig, CaptionerForConditionalGeneration  # noqa: E402
-from tokenization import build_tokenizer  # noqa: E402
+from captioning.data.synthetic import all_scenes, render_scene
+from modeling_captioner import CaptionerConfig, CaptionerForConditionalGeneration
+from tokenization import build_tokenizer
 
 ENCODERS = ("resnet", "vit")
 DECODERS = ("transformer", "gpt2")

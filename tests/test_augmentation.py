@@ -38,7 +38,7 @@ def test_schedules_ramp_up():
             AugmentationSchedule(**bad)
     with pytest.raises(ValueError, match="Unknown flip mode 'always'"):
         ImageAugmentation(flip="always")
-    with pytest.raises(ValueError, match="brightness=1.2"):
+    with pytest.raises(ValueError, match=r"brightness=1\.2"):
         ImageAugmentation(brightness=1.2)
 
 

@@ -205,7 +205,7 @@ def test_several_captions_per_image_in_one_batch(processor, synthetic):
         [{**items[0], "vision_features": torch.ones(5, 8)}, {**items[1], "vision_features": torch.ones(5, 8)}]
     )
     assert features["vision_features"].shape[0] == 2 and features["labels"].shape[0] == 4
-    with pytest.raises(ValueError, match="Image 0 has 1 reference caption.*captions_per_image=2"):
+    with pytest.raises(ValueError, match=r"Image 0 has 1 reference caption.*captions_per_image=2"):
         CaptionCollator(processor, captions_per_image=2)([item(0, [SHORT])])
     with pytest.raises(ValueError, match="carries its own caption"):
         CaptionCollator(processor, captions_per_image=2)([CaptionPairs(synthetic)[0]])

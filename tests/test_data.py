@@ -235,7 +235,7 @@ def test_flickr8k_kaggle_layout_skips_and_counts_bad_entries(tmp_path):
         "image_without_captions": 1,
         "failed_to_load": 0,
     }
-    ids = [set(record.image_id for record in d.records) for d in splits.values()]
+    ids = [{record.image_id for record in d.records} for d in splits.values()]
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
     record = next(r for d in splits.values() for r in d.records if r.image_id == good_names(20)[3])
     assert record.captions == ["A dog number 3 runs .", "A dog, number 3, plays ."]
@@ -514,7 +514,7 @@ def test_deterministic_split_and_skip_report():
     keys = [f"k{i}" for i in range(40)]
     split = deterministic_split(keys, seed=0)
     assert [len(split[s]) for s in ("train", "validation", "test")] == [30, 5, 5]
-    assert sorted(sum(split.values(), [])) == sorted(keys)
+    assert sorted(key for part in split.values() for key in part) == sorted(keys)
     assert deterministic_split(reversed(keys), seed=0) == split  # order of the input does not matter
     assert deterministic_split(keys, seed=1) != split
     assert all(deterministic_split(["a", "b", "c"], seed=s)["test"] for s in range(5))

@@ -96,7 +96,7 @@ def test_no_import_cycle():
         path.append(node)
         for target in sorted(graph.get(node, ())):
             if state.get(target) == "open":
-                cycle = path[path.index(target) :] + [target]
+                cycle = [*path[path.index(target) :], target]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if target not in state:
                 visit(target)

@@ -86,7 +86,7 @@ def test_feature_projection_none_passes_backbone_features_on(tokenizer, tmp_path
 
 
 def test_feature_projection_errors_name_the_field(tokenizer):
-    with pytest.raises(ValueError, match="feature_projection='none'.*32 wide and d_model=64"):
+    with pytest.raises(ValueError, match=r"feature_projection='none'.*32 wide and d_model=64"):
         tiny_config("resnet", "transformer", tokenizer, feature_projection="none", d_model=64)
     with pytest.raises(ValueError, match="feature_projection='conv' is unknown"):
         tiny_config("vit", "transformer", tokenizer, feature_projection="conv")

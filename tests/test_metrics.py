@@ -246,7 +246,7 @@ def test_list_and_dict_inputs_agree_and_order_does_not_matter():
 
 def test_better_captions_score_higher():
     perfect = {i: refs[0] for i, refs in REFERENCES.items()}
-    poor = {i: "a picture" for i in REFERENCES}
+    poor = dict.fromkeys(REFERENCES, "a picture")
     good_scores = compute_caption_metrics(perfect, REFERENCES, meteor=False)
     poor_scores = compute_caption_metrics(poor, REFERENCES, meteor=False)
     for name in SCORED:

@@ -298,7 +298,7 @@ def test_deepspeed_takes_one_stage_schedules_only(tokenizer):
 
     model = tiny_model("resnet", "transformer", tokenizer)
     accelerator = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, num_processes=8)
-    with pytest.raises(SystemExit, match="DeepSpeed fixes which parameters train .* 2 stages"):
+    with pytest.raises(SystemExit, match=r"DeepSpeed fixes which parameters train .* 2 stages"):
         prepare_for_strategy(accelerator, model, UnfreezingSchedule.parse("bridge@0;encoder,decoder@1"))
     # One stage: applied before DeepSpeed starts, so it sees the frozen backbone as frozen.
     prepare_for_strategy(accelerator, model, UnfreezingSchedule.parse("bridge,cross_attention,decoder@0"))

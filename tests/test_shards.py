@@ -106,7 +106,7 @@ def test_shards_read_from_disk_and_http_give_every_sample_once(converted):
 
 
 def test_bad_samples_and_short_shards_are_counted(tmp_path):
-    images, captions = scene_images(3, 32)
+    images, _captions = scene_images(3, 32)
     with tarfile.open(tmp_path / "bad.tar", "w") as tar:
         for key, parts in (
             ("a", {"jpg": images["00000.jpg"], "txt": b"a red circle"}),
@@ -124,7 +124,7 @@ def test_bad_samples_and_short_shards_are_counted(tmp_path):
     assert [e["captions"] for e in entries if isinstance(e, dict)] == [["a red circle"], ["a blue square"]]
     kinds = [e.kind for e in entries if isinstance(e, Skipped)]
     assert kinds == ["not_an_image", "no_caption", "truncated", "truncated"]  # 6 counted, 4 in the file
-    with pytest.raises(ValueError, match="1 webdataset shard file.* for 2 readers"):
+    with pytest.raises(ValueError, match=r"1 webdataset shard file.* for 2 readers"):
         shards.WebDatasetStream([str(tmp_path / "bad.tar")], [4], OPTIONS, num_workers=2)
 
 

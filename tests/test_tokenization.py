@@ -243,13 +243,13 @@ def test_base_vocab_from_saved_tokenizer_directory(tmp_path, tokenizer, captions
     rebuilt = build_tokenizer(captions[:20], vocab_size=150, base_vocab=tmp_path)
     assert len(rebuilt) == 150
     assert set(rebuilt.get_vocab()) <= set(tokenizer.get_vocab())
-    with pytest.raises(ValueError, match="tokenizer.json.*directory"):
+    with pytest.raises(ValueError, match=r"tokenizer\.json.*directory"):
         build_tokenizer(captions, base_vocab=tmp_path / "tokenizer.json")
 
 
 def test_missing_base_vocab_file_is_reported(tmp_path, captions):
     missing = tmp_path / "no-such-vocab.txt"
-    with pytest.raises(FileNotFoundError, match="no-such-vocab.txt"):
+    with pytest.raises(FileNotFoundError, match=r"no-such-vocab\.txt"):
         build_tokenizer(captions, base_vocab=missing)
 
 
@@ -257,7 +257,7 @@ def test_hub_id_offline_fails_clearly(monkeypatch, captions):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     # The env var is read once at import; this is the flag huggingface_hub and transformers consult at call time.
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(OSError, match="'captioner-tests/no-such-tokenizer'.*HF_HUB_OFFLINE"):
+    with pytest.raises(OSError, match=r"'captioner-tests/no-such-tokenizer'.*HF_HUB_OFFLINE"):
         build_tokenizer(captions, base_vocab="captioner-tests/no-such-tokenizer")
 
 
@@ -378,7 +378,7 @@ def test_read_jsonl_without_caption_field(tmp_path):
 
 
 def test_read_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nothing-here.txt"):
+    with pytest.raises(FileNotFoundError, match=r"nothing-here\.txt"):
         read_captions(tmp_path / "nothing-here.txt")
 
 

@@ -178,7 +178,7 @@ def test_images_that_fail_to_load(tokenizer, tmp_path, caplog):
     # An evaluation set with a failing image would misalign captions and references: a sentence, not wrong numbers.
     trainer.compute_metrics = CaptionMetrics(processor, validation, meteor=False)
     trainer.eval_dataset = validation
-    with pytest.raises(ValueError, match="captions for 6 images but the evaluation set has 8.*loadable_subset"):
+    with pytest.raises(ValueError, match=r"captions for 6 images but the evaluation set has 8.*loadable_subset"):
         trainer.evaluate()
 
 
@@ -187,7 +187,7 @@ def test_trainer_collator_refuses_several_captions_per_image(tokenizer):
     cut an image's captions away from it: the Trainer's collator keeps one caption per row."""
     config = CaptionerConfig.from_preset("tiny", tokenizer=tokenizer)
     processor = CaptionerProcessor(build_image_processor(config), tokenizer)
-    with pytest.raises(ValueError, match="captions_per_image > 1 is for train.py"):
+    with pytest.raises(ValueError, match=r"captions_per_image > 1 is for train\.py"):
         TrainerCollator(processor, captions_per_image=5)
 
 

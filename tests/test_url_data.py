@@ -192,7 +192,7 @@ def test_a_real_two_worker_dataloader_and_resuming_mid_epoch(served, tokenizer):
         orders.append([index for batch in persistent for index in batch["indices"]])
     assert sorted(orders[0]) == sorted(orders[1]) == good and orders[0] != orders[1]
 
-    with pytest.raises(ValueError, match="saved with 2 shards .* this run has 1"):
+    with pytest.raises(ValueError, match=r"saved with 2 shards .* this run has 1"):
         stream_of(rows).set_position(position)
     with pytest.raises(ValueError, match="built for num_workers=2 but is read by a DataLoader with 0 workers"):
         list(stream_of(rows, num_workers=2))

@@ -23,7 +23,16 @@ from captioning.evaluation import command as evaluation
 
 ROWS = 240
 HELD_OUT = 16
-WEB = "--download_timeout 0.5 --download_retries 1 --download_backoff 0.01 --download_concurrency 32".split()
+WEB = [
+    "--download_timeout",
+    "0.5",
+    "--download_retries",
+    "1",
+    "--download_backoff",
+    "0.01",
+    "--download_concurrency",
+    "32",
+]
 WEB += ["--max_image_bytes", "1000000"]  # the 3 MB body is refused as too large
 
 
@@ -62,7 +71,7 @@ def expected_rows(rows: list[dict], path: str) -> dict[str, tuple[int, dict[str,
 
 
 def test_a_faulty_url_file_trains_to_the_end_reporting_every_failure(served, tmp_path):
-    server, rows, path = served
+    _, rows, path = served
     expected = expected_rows(rows, path)
     good, faults = expected["train"]
     assert len({kind for _, by_kind in expected.values() for kind in by_kind}) == 9  # every kind of fault is met
@@ -96,7 +105,7 @@ def test_a_faulty_url_file_trains_to_the_end_reporting_every_failure(served, tmp
 
 
 def test_resuming_mid_epoch_skips_the_rows_already_trained_on(served, tmp_path):
-    _, rows, path = served
+    _, _, path = served
     # 80 training rows in row order: 5 batches of 16 per epoch, a checkpoint after 2 of them.
     ordered = ["--download_order", "row", "--max_train_samples", "80", "--num_train_epochs", "2"]
     ordered += ["--checkpointing_steps", "2", "--checkpoints_total_limit", "10"]
@@ -124,8 +133,19 @@ def test_shards_from_the_converter_train_as_webdataset(served, tmp_path):
     write_shards(read_url_rows(path), tmp_path / "shards", samples_per_shard=40, options=options)
     pattern = str(tmp_path / "shards" / "{00000..00005}.tar")
     report = train.main(
-        [*TINY, "--dataset_format", "webdataset", "--data_files", pattern, "--num_train_epochs", "1"]
-        + ["--max_train_samples", "64", "--output_dir", str(tmp_path / "out")]
+        [
+            *TINY,
+            "--dataset_format",
+            "webdataset",
+            "--data_files",
+            pattern,
+            "--num_train_epochs",
+            "1",
+            "--max_train_samples",
+            "64",
+            "--output_dir",
+            str(tmp_path / "out"),
+        ]
     )
     data = report["downloads"]["epochs"][0]
     assert data["ok"] == report["downloads"]["train"]["ok"] == 64 and data["failed"] == 0

@@ -330,7 +330,7 @@ def draw_attention(
     font = ImageFont.load_default(size=max(10, min(18, width // 12)))
     line_height = sum(font.getmetrics()) + 2
     panels = [picture] + [overlay_attention(picture, m, alpha=alpha, colormap=colormap) for m in maps]
-    titles = [caption if caption is not None else " ".join(tokens)] + list(tokens)
+    titles = [caption if caption is not None else " ".join(tokens), *list(tokens)]
     wrapped = [_wrap(title, font, width) for title in titles]
     header = line_height * max(len(lines) for lines in wrapped) + 4
 

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from captioning import fast_decoding
 from captioning.data.images import SourceError, expand_inputs, read_image
 from captioning.fast_decoding import enable_fast_decoding, supports_fast_decoding
+from captioning.training.setup import cpu_cores
 
 if TYPE_CHECKING:
     import torch
@@ -208,8 +209,7 @@ def default_num_workers(device: torch.device) -> int:
     on a GPU one per core up to 8, so that JPEG decoding keeps up with a compiled decoder."""
     if device.type != "cuda":
         return 4
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(4, min(8, cores))
+    return max(4, min(8, cpu_cores()))
 
 
 def _prefetched(sources: list[str], prepare: Callable, workers: int, window: int) -> Iterator[tuple[str, Future]]:

@@ -4,6 +4,7 @@ has `add_arguments(parser)`, which also sets `run(args) -> exit status` as the p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -48,10 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BrokenPipeError:
         # The reader went away (`captioner caption ... | head`): stop quietly, as a Unix filter does.
-        try:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError, AttributeError):
-            pass
         return 1
     except KeyboardInterrupt:
         print(f"captioner {args.command}: interrupted.", file=sys.stderr)

@@ -555,8 +555,30 @@ def hard_vocabulary() -> list[str]:
         for pair in nouns:
             words.update(" ".join(pair).split())
     words.update(
-        "an and there are objects things items in the picture total : , with of photo image blurry grainy on "
-        "left right".split()
+        [
+            "an",
+            "and",
+            "there",
+            "are",
+            "objects",
+            "things",
+            "items",
+            "in",
+            "the",
+            "picture",
+            "total",
+            ":",
+            ",",
+            "with",
+            "of",
+            "photo",
+            "image",
+            "blurry",
+            "grainy",
+            "on",
+            "left",
+            "right",
+        ]
     )
     return sorted(words)
 
@@ -592,10 +614,10 @@ __all__ = [
     "HardObject",
     "HardScene",
     "build_hard_synthetic_splits",
-    "object_relations",
     "hard_scene_captions",
     "hard_vocabulary",
     "object_masks",
+    "object_relations",
     "random_hard_scene",
     "render_hard_scene",
 ]

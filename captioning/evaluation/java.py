@@ -115,7 +115,7 @@ def spice_score(hypotheses: list[str], references: list[list[str]]) -> float:
 
     ids = list(range(len(hypotheses)))
     score, _ = Spice().compute_score(
-        {i: refs for i, refs in zip(ids, references, strict=True)},
+        dict(zip(ids, references, strict=True)),
         {i: [hyp] for i, hyp in zip(ids, hypotheses, strict=True)},
     )
     return float(score)

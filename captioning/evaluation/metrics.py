@@ -128,7 +128,7 @@ def _score_rounds(
 ) -> tuple[dict[str, float | None], list[str]]:
     """Average the metrics over rounds of (tokenized hypotheses, tokenized references); returns (scores, problems)."""
     problems: list[str] = []
-    totals: dict[str, float | None] = {name: 0.0 for name in METRIC_NAMES}
+    totals: dict[str, float | None] = dict.fromkeys(METRIC_NAMES, 0.0)
     if spice:
         totals["SPICE"] = 0.0
     for hypotheses, references in rounds:
@@ -157,7 +157,7 @@ def _score_rounds(
         if reason is None:
             try:
                 totals["SPICE"] = sum(spice_score(h, r) for h, r in rounds)
-            except Exception as error:  # noqa: BLE001 - any failure of the external jar means "absent", reported
+            except Exception as error:
                 reason = f"spice-1.0.jar failed: {error}"
         if reason is not None:
             totals["SPICE"] = None

@@ -5,6 +5,7 @@ caps, failures classified by kind, and an optional on-disk cache."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import os
@@ -433,10 +434,9 @@ class _Run:
 
     def _release(self, count: int) -> int:
         if count and not self.stopping:
-            try:
+            # A RuntimeError: the loop has finished, and every row is under way already.
+            with contextlib.suppress(RuntimeError):
                 self.loop.call_soon_threadsafe(self._release_in_loop, count)
-            except RuntimeError:  # the loop has finished: every row is under way already
-                pass
         return 0
 
     def _release_in_loop(self, count: int) -> None:
@@ -446,10 +446,8 @@ class _Run:
     def stop(self) -> None:
         self.stopping = True
         if self.thread.is_alive():
-            try:
+            with contextlib.suppress(RuntimeError):
                 self.loop.call_soon_threadsafe(self._cancel_all)
-            except RuntimeError:
-                pass
             self.thread.join(timeout=30)
         self.pool.shutdown(wait=False, cancel_futures=True)
 

@@ -94,7 +94,7 @@ def load_web_splits(
         given = {"validation": args.validation_files, "test": args.test_files}
         missing = [split for split in EVALUATION_SPLITS if not given[split]]
         size = min(args.held_out_rows, max(1, len(rows) // 8))
-        parts = hold_out(rows, {split: size for split in missing})
+        parts = hold_out(rows, dict.fromkeys(missing, size))
         for split in EVALUATION_SPLITS:
             if split in splits:
                 source = parts[split] if split in missing else read(given[split])
