@@ -14,6 +14,30 @@ from tokenization import build_tokenizer
 
 ENCODERS = ("resnet", "vit")
 DECODERS = ("transformer", "gpt2")
+# train.py flags for the smallest real runs: the tiny preset, a few steps' worth of warmup, no METEOR, no tracking.
+TINY = [
+    "--preset",
+    "tiny",
+    "--per_device_train_batch_size",
+    "16",
+    "--per_device_eval_batch_size",
+    "32",
+    "--num_beams",
+    "2",
+    "--max_new_tokens",
+    "12",
+    "--logging_steps",
+    "1",
+    "--learning_rate",
+    "1e-3",
+    "--num_warmup_steps",
+    "2",
+    "--vocab_size",
+    "300",
+    "--no_meteor",
+    "--no-with_tracking",
+]
+
 PAIRS = [(encoder, decoder) for encoder in ENCODERS for decoder in DECODERS]
 PAIR_IDS = [f"{encoder}-{decoder}" for encoder, decoder in PAIRS]
 

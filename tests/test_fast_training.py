@@ -12,9 +12,8 @@ import sys
 
 import pytest
 import torch
-from conftest import reset_accelerator_state
+from conftest import TINY, reset_accelerator_state
 from safetensors.torch import load_file
-from test_train import TINY
 from transformers import AutoModel
 
 import train

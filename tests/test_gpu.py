@@ -10,8 +10,7 @@ import sys
 
 import pytest
 import torch
-from conftest import checkout_env, scene_images, tiny_model
-from test_train import TINY
+from conftest import TINY, checkout_env, scene_images, tiny_model
 
 import train
 from captioning.cli import main as cli

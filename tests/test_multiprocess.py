@@ -15,9 +15,9 @@ from unittest import mock
 
 import pytest
 import torch
+from conftest import TINY
+from dataset_files import write_truncated_jpeg
 from safetensors.torch import load_file
-from test_data import write_truncated_jpeg
-from test_train import TINY
 
 import train
 from captioning.data.synthetic import build_synthetic_splits, render_scene

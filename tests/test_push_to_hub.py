@@ -20,11 +20,10 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
-from conftest import reset_accelerator_state, tiny_model
+from conftest import TINY, reset_accelerator_state, tiny_model
 from huggingface_hub import ModelCard
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-from test_train import TINY
 
 import push_to_hub
 import train

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
+from dataset_files import make_coco, make_kaggle_flickr8k
 from safetensors.torch import load_file
-from test_data import make_coco, make_kaggle_flickr8k
 from transformers import AutoModel, AutoProcessor
 
 import train
@@ -26,28 +27,6 @@ from captioning.evaluation.metrics import compute_caption_metrics
 from captioning.training import setup
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--preset",
-    "tiny",
-    "--per_device_train_batch_size",
-    "16",
-    "--per_device_eval_batch_size",
-    "32",
-    "--num_beams",
-    "2",
-    "--max_new_tokens",
-    "12",
-    "--logging_steps",
-    "1",
-    "--learning_rate",
-    "1e-3",
-    "--num_warmup_steps",
-    "2",
-    "--vocab_size",
-    "300",
-    "--no_meteor",
-    "--no-with_tracking",
-]
 
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")

@@ -12,9 +12,9 @@ import pyarrow
 import pyarrow.parquet
 import pytest
 import torch
+from conftest import TINY
 from image_server import ImageServer, caption_rows, scene_images
 from safetensors.torch import load_file
-from test_train import TINY
 
 import train
 from captioning.data.web.shards import write_shards
