@@ -61,6 +61,8 @@ def enable_fast_decoding(
         if mode is not None:
             options["mode"] = mode
         compile_config = CompileConfig(**options)
+        # A private flag of transformers' CompileConfig, read by `_valid_auto_compile_criteria`: coupling 10 in
+        # modeling_captioner.py's COUPLINGS TO TRANSFORMERS' INTERNALS.
         compile_config._compile_all_devices = all_devices
         generation_config.compile_config = compile_config
         if all_devices or model.device.type != "cpu":  # where generate() compiles the step

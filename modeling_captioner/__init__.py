@@ -5,6 +5,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, Aut
 from .configuration_captioner import DECODER_TYPES, PRESETS, CaptionerConfig, special_tokens_from_tokenizer
 from .modeling_captioner import (
     DECODER_CLASSES,
+    CaptionerBridge,
     CaptionerForConditionalGeneration,
     CaptionerImageEncoder,
     CaptionerLSTMDecoder,
@@ -28,6 +29,7 @@ __all__ = [
     "DECODER_CLASSES",
     "DECODER_TYPES",
     "PRESETS",
+    "CaptionerBridge",
     "CaptionerConfig",
     "CaptionerForConditionalGeneration",
     "CaptionerImageEncoder",

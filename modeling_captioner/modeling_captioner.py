@@ -12,6 +12,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, GenerationMixin, GPT2LMHeadModel, PreTrainedModel
 from transformers.activations import ACT2FN, GELUTanh, NewGELUActivation
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache, StaticLayer
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import WeightRenaming
 from transformers.masking_utils import create_causal_mask, create_masks_for_generate
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutputWithCrossAttentions, Seq2SeqLMOutput
@@ -39,7 +41,7 @@ def vision_model_kwargs(vision_config) -> dict:
     """Check that `vision_config` builds a vision model (one that reads pixel_values) and return the keyword arguments
     for building it: a pooling head after the backbone would hold parameters no caption loss reaches, so it is left
     out where the model class allows it (ViTModel and similar)."""
-    model_class = AutoModel._model_mapping.get(type(vision_config), None)
+    model_class = AutoModel._model_mapping.get(type(vision_config), None)  # coupling 9, in COUPLINGS below
     if model_class is None or getattr(model_class, "main_input_name", None) != "pixel_values":
         raise ValueError(
             f"vision_config is a {type(vision_config).__name__}, which does not build a vision model reading "
@@ -321,52 +323,29 @@ class CaptionerDecoderLayer(GradientCheckpointingLayer):
         return hidden_states, self_attn_weights, cross_attn_weights
 
 
-class CaptionerImageEncoder(nn.Module):
-    """Backbone → feature sequence → projection to d_model → positions → optional encoder layers → LayerNorm (with
-    `feature_projection="none"`: no projection, and dropout and LayerNorm only around encoder layers).
+class CaptionerBridge(nn.Module):
+    """Backbone features → feature sequence → projection to d_model → positions → optional encoder layers → LayerNorm
+    (with `feature_projection="none"`: no projection, and dropout and LayerNorm only around encoder layers).
 
-    Returns `BaseModelOutput(last_hidden_state)` of shape `(batch_size, num_positions, d_model)`: the memory the
-    decoder cross-attends to (and the object generate() finds as `model.encoder`).
+    The new part between a (pretrained) backbone and the decoder: the unfreezing schedule's "bridge". It reads the
+    backbone's `last_hidden_state`, a grid `(batch_size, channels, height, width)` or tokens `(batch_size,
+    num_tokens, channels)`, so a feature cache can feed it without the backbone.
     """
 
-    main_input_name = "pixel_values"
-
-    def __init__(self, config: CaptionerConfig, backbone: PreTrainedModel | None = None):
+    def __init__(self, config: CaptionerConfig):
         super().__init__()
         self.config = config
-        vision_config = config.vision_config
-        self.backbone = backbone or AutoModel.from_config(vision_config, **vision_model_kwargs(vision_config))
         # feature_projection="none" with no encoder layers keeps nothing but positions (if any): the decoder reads
         # the backbone's own (already normalised) features, as VisionEncoderDecoderModel does at equal widths.
         linear = config.feature_projection == "linear"
         stack = linear or config.encoder_layers > 0
+        vision_config = config.vision_config
         self.projection = nn.Linear(vision_feature_size(vision_config), config.d_model) if linear else nn.Identity()
         if config.position_embedding_type == "learned":
             self.position_embeddings = nn.Embedding(config.max_image_positions, config.d_model)
         self.dropout = nn.Dropout(config.dropout) if stack else nn.Identity()
         self.layers = nn.ModuleList([CaptionerEncoderLayer(config) for _ in range(config.encoder_layers)])
         self.layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if stack else nn.Identity()
-
-    def check_pixel_values(self, pixel_values: torch.Tensor) -> None:
-        channels = getattr(self.config.vision_config, "num_channels", 3)
-        if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4 or pixel_values.shape[1] != channels:
-            shape = (
-                tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
-            )
-            raise ValueError(
-                f"pixel_values must be a float tensor of shape (batch_size, {channels}, height, width); got {shape}. "
-                "Use the model's processor to turn images into pixel_values."
-            )
-        if not pixel_values.is_floating_point():
-            raise ValueError(
-                f"pixel_values must be a float tensor (normalised images), got dtype {pixel_values.dtype}."
-            )
-        image_size = getattr(self.config.vision_config, "image_size", None)
-        if self.config.vision_config.model_type == "vit" and tuple(pixel_values.shape[2:]) != (image_size, image_size):
-            raise ValueError(
-                f"pixel_values of size {tuple(pixel_values.shape[2:])} do not match this ViT's image size "
-                f"({image_size}, {image_size})."
-            )
 
     def _grid_shape(self, num_positions: int) -> tuple[int, int, int]:
         """(prefix tokens, rows, cols) of a ViT-style token sequence: CLS-like tokens first, then the patch grid."""
@@ -398,6 +377,73 @@ class CaptionerImageEncoder(nn.Module):
             return F.pad(grid_positions, (0, 0, prefix, 0))  # prefix (CLS) tokens get no position
         return None
 
+    def forward(
+        self,
+        features: torch.Tensor,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> BaseModelOutput:
+        grid = None
+        if features.ndim == 4:
+            grid = features.shape[2], features.shape[3]
+            features = features.flatten(2).transpose(1, 2)  # (B, C, h, w) -> (B, h*w, C)
+        hidden_states = self.projection(features)
+        positions = self._positions(hidden_states, grid)
+        if positions is not None:
+            hidden_states = hidden_states + positions
+        hidden_states = self.dropout(hidden_states)
+
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layers:
+            hidden_states, attn_weights = layer(hidden_states, output_attentions=bool(output_attentions))
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (attn_weights,)
+        hidden_states = self.layer_norm(hidden_states)
+        return BaseModelOutput(
+            last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=all_attentions
+        )
+
+
+class CaptionerImageEncoder(nn.Module):
+    """The vision `backbone` (a 🤗 vision model) and the `bridge` (`CaptionerBridge`) from its features to d_model.
+
+    Returns `BaseModelOutput(last_hidden_state)` of shape `(batch_size, num_positions, d_model)`: the memory the
+    decoder cross-attends to (and the object generate() finds as `model.encoder`).
+    """
+
+    main_input_name = "pixel_values"
+
+    def __init__(self, config: CaptionerConfig, backbone: PreTrainedModel | None = None):
+        super().__init__()
+        self.config = config
+        vision_config = config.vision_config
+        self.backbone = backbone or AutoModel.from_config(vision_config, **vision_model_kwargs(vision_config))
+        self.bridge = CaptionerBridge(config)
+
+    def check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+        channels = getattr(self.config.vision_config, "num_channels", 3)
+        if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4 or pixel_values.shape[1] != channels:
+            shape = (
+                tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
+            )
+            raise ValueError(
+                f"pixel_values must be a float tensor of shape (batch_size, {channels}, height, width); got {shape}. "
+                "Use the model's processor to turn images into pixel_values."
+            )
+        if not pixel_values.is_floating_point():
+            raise ValueError(
+                f"pixel_values must be a float tensor (normalised images), got dtype {pixel_values.dtype}."
+            )
+        image_size = getattr(self.config.vision_config, "image_size", None)
+        if self.config.vision_config.model_type == "vit" and tuple(pixel_values.shape[2:]) != (image_size, image_size):
+            raise ValueError(
+                f"pixel_values of size {tuple(pixel_values.shape[2:])} do not match this ViT's image size "
+                f"({image_size}, {image_size})."
+            )
+
     def backbone_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The backbone's last_hidden_state: what a feature cache stores while the backbone is frozen."""
         self.check_pixel_values(pixel_values)
@@ -423,28 +469,7 @@ class CaptionerImageEncoder(nn.Module):
             features = self.backbone_features(pixel_values)
         else:
             raise ValueError("The image encoder needs pixel_values (or precomputed vision_features).")
-        grid = None
-        if features.ndim == 4:
-            grid = features.shape[2], features.shape[3]
-            features = features.flatten(2).transpose(1, 2)  # (B, C, h, w) -> (B, h*w, C)
-        hidden_states = self.projection(features)
-        positions = self._positions(hidden_states, grid)
-        if positions is not None:
-            hidden_states = hidden_states + positions
-        hidden_states = self.dropout(hidden_states)
-
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
-        all_attentions = () if output_attentions else None
-        for layer in self.layers:
-            hidden_states, attn_weights = layer(hidden_states, output_attentions=bool(output_attentions))
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            if output_attentions:
-                all_attentions += (attn_weights,)
-        hidden_states = self.layer_norm(hidden_states)
-        return BaseModelOutput(
-            last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=all_attentions
-        )
+        return self.bridge(features, output_attentions=output_attentions, output_hidden_states=output_hidden_states)
 
 
 class CaptionerTransformerDecoder(nn.Module):
@@ -678,6 +703,72 @@ def build_gpt2_decoder(config: CaptionerConfig) -> GPT2LMHeadModel:
     return GPT2LMHeadModel(config.text_config)
 
 
+# Config choice → decoder.
+DECODER_CLASSES = {
+    "transformer": CaptionerTransformerDecoder,
+    "gpt2": build_gpt2_decoder,
+    "lstm": CaptionerLSTMDecoder,
+}
+
+
+@dataclass
+class CaptionerSeq2SeqLMOutput(Seq2SeqLMOutput):
+    r"""
+    attention_penalty (`torch.FloatTensor` of shape `()`, *optional*):
+        The "lstm" decoder's doubly stochastic attention regularisation (Show, Attend and Tell §4.2.1), λ included,
+        computed when training or given labels; already part of `loss`, returned for losses computed elsewhere.
+    """
+
+    attention_penalty: torch.FloatTensor | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# COUPLINGS TO TRANSFORMERS' INTERNALS
+#
+# What follows leans on transformers' private or undocumented behaviour; a transformers release may change any of it
+# without notice. Each entry: what we rely on, why, and the test in tests/test_transformers_couplings.py that fails
+# when it no longer holds. Keep new couplings here, listed.
+#
+#  1. Class swap on GPT-2's cross-attention (`speed_up_gpt2`, `CaptionerGPT2CrossAttention`): GPT2Block calls
+#     `self.crossattention(hidden_states, cache=, attention_mask=, encoder_hidden_states=, encoder_attention_mask=,
+#     output_attentions=, **kwargs)`, and GPT2Attention keeps `is_cross_attention`, `c_attn`, `q_attn`, `c_proj`,
+#     `split_size`, `head_dim`, `layer_idx`, `scaling`, `reorder_and_upcast_attn`. Why: one cross-attention K/V row
+#     per image for all its beams. Also swaps NewGELUActivation for GELUTanh (one kernel, same function).
+#     Test: test_gpt2_cross_attention_swap_keeps_gpt2s_shape.
+#  2. `_attn_implementation` mutated per call (`_eager_gpt2_attention`): GPT-2 reads
+#     `config._attn_implementation` at each forward, so setting "eager" for one call returns attention weights under
+#     SDPA. Test: test_output_attentions_under_sdpa_switches_gpt2_to_eager_for_the_call.
+#  3. `forward.__signature__` set once (`CaptionerTransformersCouplings.__init_subclass__`): generate() calls
+#     `inspect.signature(self.forward)` at every step for remote-code models; a set __signature__ is returned
+#     without rebuilding. Test: test_forward_signature_is_prebuilt_and_what_generate_reads.
+#  4. Overrides of private GenerationMixin methods (`CaptionerTransformersCouplings`): `_beam_search` (reached by
+#     name through GENERATION_MODES_MAPPING; it calls `self(...)`, and we use `_valid_auto_compile_criteria` and
+#     `_default_compile_config`), `_reorder_cache` (called by beam search when the model has it),
+#     `create_masks_for_generate` (looked up on the model by getattr), `_prepare_static_cache`,
+#     `_expand_inputs_for_generation`, `_prepare_generated_length`, each with the parameters we call it with. Why:
+#     see each method. Tests: test_private_generate_methods_keep_their_parameters and one spy per override.
+#  5. Checkpoint key mapping (`register_checkpoint_conversion_mapping` below): checkpoints saved before the bridge
+#     had its own module (`encoder.projection.weight`, `encoder.layers.0...`) load into `encoder.bridge.*`. Custom
+#     code gets a mapping only when registered under its class name (or model_type), which this module does on
+#     import, so the installed package and remote code both load old checkpoints. transformers reverses mappings on
+#     save (`save_original_format=True`) and would write the old names; our `save_pretrained` defaults it to False,
+#     so a checkpoint holds the model's own state-dict names, which the Trainer's resume and any `load_state_dict`
+#     of the file read directly. Test: test_old_checkpoint_keys_map_to_the_bridge_and_save_writes_new_names.
+#  6. `deprecate_kwarg` on `forward` (transformers.utils.deprecation): `past_key_values=` becomes `cache=` with a
+#     FutureWarning. Test: test_deprecate_kwarg_renames_past_key_values.
+#  7. CaptionerConfig.__getattribute__ / __setattr__ (configuration_captioner.py: it must live on the config class)
+#     share token ids and vocab_size with GPT-2's text config, which transformers reads and writes in either place.
+#     Test: test_config_shares_fields_with_gpt2s_text_config.
+#  8. Tied weights of a GPT-2 decoder (`CaptionerForConditionalGeneration.__init__`): we refresh its
+#     `all_tied_weights_keys` with `get_expanded_tied_weights_keys(all_submodels=False)`. Test:
+#     test_gpt2_tied_weights_keys_api.
+#  9. `AutoModel._model_mapping` (`vision_model_kwargs`) finds the vision model class of a config. Test:
+#     test_auto_model_mapping_finds_vision_classes.
+# 10. captioning/fast_decoding.py sets `CompileConfig._compile_all_devices`, which `_valid_auto_compile_criteria`
+#     reads to compile on a CPU too. Test: test_compile_all_devices_flag_is_read_by_generate.
+# ----------------------------------------------------------------------------------------------------------------
+
+
 class CaptionerGPT2CrossAttention(GPT2Attention):
     """GPT-2's cross-attention (same weights, same numbers) for captions that share images: each image's keys and
     values are projected once, kept contiguous in the cache, and read by all of its beams or samples at once, where
@@ -767,94 +858,28 @@ def speed_up_gpt2(decoder: nn.Module) -> None:
                 setattr(parent, name, GELUTanh())
 
 
-# Config choice → decoder.
-DECODER_CLASSES = {
-    "transformer": CaptionerTransformerDecoder,
-    "gpt2": build_gpt2_decoder,
-    "lstm": CaptionerLSTMDecoder,
-}
+# Coupling 5: keys of checkpoints saved before `CaptionerBridge`, renamed on load (see the list above).
+register_checkpoint_conversion_mapping(
+    "CaptionerForConditionalGeneration",
+    [WeightRenaming(r"^encoder\.(projection|position_embeddings|dropout|layers|layer_norm)\.", r"encoder.bridge.\1.")],
+    overwrite=True,  # remote code imports this module again under another name
+)
 
 
-@dataclass
-class CaptionerSeq2SeqLMOutput(Seq2SeqLMOutput):
-    r"""
-    attention_penalty (`torch.FloatTensor` of shape `()`, *optional*):
-        The "lstm" decoder's doubly stochastic attention regularisation (Show, Attend and Tell §4.2.1), λ included,
-        computed when training or given labels; already part of `loss`, returned for losses computed elsewhere.
-    """
+class CaptionerTransformersCouplings:
+    """The model's overrides of private transformers methods (couplings 2-5 above); CaptionerForConditionalGeneration
+    lists it first among its bases."""
 
-    attention_penalty: torch.FloatTensor | None = None
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # Coupling 3: generate() reads the forward signature of custom-code models (ours: registered for the Auto
+        # classes) at every step, for a `cache_position` argument; inspect.signature would rebuild it each time.
+        if "forward" in cls.__dict__:
+            cls.forward.__signature__ = inspect.signature(cls.forward)
 
-
-class CaptionerPreTrainedModel(PreTrainedModel):
-    config_class = CaptionerConfig
-    config: CaptionerConfig
-    # As in VisionEncoderDecoderModel ("vision_encoder_decoder"): the captioner is its own base model (AutoModel
-    # resolves to it, and its lm_head lives inside the decoder, so no head-less body exists), so `model.base_model` is
-    # the model itself. The prefix is the attribute a class wrapping the captioner would keep it under: the loader
-    # strips it from such a checkpoint's keys. Naming `encoder` or `decoder` instead would make half the model the
-    # "base" that transformers saves, prefixes and plans on its own (neither is a PreTrainedModel for every decoder).
-    base_model_prefix = "captioner"
-    main_input_name = "pixel_values"
-    input_modalities = ("image", "text")
-    # Attention runs through transformers' registry (ALL_ATTENTION_FUNCTIONS) in the bridge, the Transformer decoder,
-    # GPT-2 and 🤗 vision backbones; `attn_implementation=` picks it for all of them.
-    _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_flex_attn = True
-    _supports_attention_backend = True
-    # The forward has no data-dependent branches: generate() compiles its decoding step with a static cache.
-    _can_compile_fullgraph = True
-    supports_gradient_checkpointing = True
-    _no_split_modules: ClassVar[list[str]] = ["CaptionerEncoderLayer", "CaptionerDecoderLayer", "GPT2Block"]
-
-
-class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixin):
-    r"""
-    An image captioner: `encoder` (a 🤗 vision backbone and the bridge to the decoder width), `decoder` (a Transformer
-    or GPT-2 decoder with cross-attention, which holds the `lm_head`).
-
-    Example:
-
-    ```python
-    >>> from modeling_captioner import CaptionerConfig, CaptionerForConditionalGeneration
-    >>> model = CaptionerForConditionalGeneration(CaptionerConfig.from_preset("tiny"))
-    >>> ids = model.generate(pixel_values, num_beams=5)
-    ```
-    """
-
-    def __init__(
-        self,
-        config: CaptionerConfig,
-        vision_model: PreTrainedModel | None = None,
-        decoder: nn.Module | None = None,
-    ):
-        config.validate()
-        super().__init__(config)
-        self.encoder = CaptionerImageEncoder(config, backbone=vision_model)
-        self.decoder = decoder if decoder is not None else DECODER_CLASSES[config.decoder_type](config)
-        speed_up_gpt2(self.decoder)
-        if config.decoder_type == "transformer" and config.tie_word_embeddings:
-            self._tied_weights_keys = {"decoder.lm_head.weight": "decoder.embed_tokens.weight"}
-        # The sub-models read their configs from ours, so one save holds the single source of truth.
-        self.encoder.backbone.config = config.vision_config
-        if config.decoder_type == "gpt2":
-            self.decoder.config = config.text_config
-        output, embeddings = self.decoder.lm_head, self.decoder.get_input_embeddings()
-        if not config.tie_word_embeddings and output.weight is embeddings.weight:
-            # A pretrained GPT-2 arrives with its lm_head tied to wte. Untied (tie_word_embeddings=False), the lm_head
-            # starts as a copy of wte and is saved on its own; a tied one is saved once, under the embeddings' name.
-            output.weight = nn.Parameter(embeddings.weight.detach().clone())
-        if isinstance(self.decoder, PreTrainedModel):
-            # It listed its tied weights (which post_init gathers, and saving leaves out) under its own config.
-            self.decoder.all_tied_weights_keys = self.decoder.get_expanded_tied_weights_keys(all_submodels=False)
-        self.post_init()
-        # Instead of transformers' model-agnostic 20 tokens, a caption may use the decoder's positions (start token
-        # included), up to 64. As max_length, not max_new_tokens: a max_new_tokens default would silently override a
-        # caller's max_length (e.g. Seq2SeqTrainer's generation_max_length), while either argument overrides this.
-        gen = self.generation_config
-        if gen is not None and gen.max_length is None and gen.max_new_tokens is None:
-            gen.max_length = min(config.max_position_embeddings, 64)
+    def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
+        # Coupling 5: write the state-dict names (`encoder.bridge.*`), not the pre-bridge ones the mapping reverses to.
+        return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
 
     def _reorder_cache(self, cache: Cache, beam_idx: torch.LongTensor) -> Cache:
         # Beam search only moves beams within an image (beam_idx = image * num_beams + beam), and every beam of an
@@ -964,6 +989,97 @@ class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixi
             has_default_max_length = True
         return super()._prepare_generated_length(generation_config, has_default_max_length, *args, **kwargs)
 
+    @contextlib.contextmanager
+    def _eager_gpt2_attention(self, output_attentions: bool):
+        """GPT-2 under SDPA returns no attention weights; for a call that asks for them, it runs eager attention
+        (same numbers, slower) and goes back to its implementation afterwards."""
+        text_config = self.config.text_config
+        implementation = getattr(text_config, "_attn_implementation", None)
+        if not output_attentions or self.config.decoder_type != "gpt2" or implementation == "eager":
+            yield
+            return
+        text_config._attn_implementation = "eager"
+        try:
+            yield
+        finally:
+            text_config._attn_implementation = implementation
+
+
+# END OF COUPLINGS TO TRANSFORMERS' INTERNALS
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class CaptionerPreTrainedModel(PreTrainedModel):
+    config_class = CaptionerConfig
+    config: CaptionerConfig
+    # As in VisionEncoderDecoderModel ("vision_encoder_decoder"): the captioner is its own base model (AutoModel
+    # resolves to it, and its lm_head lives inside the decoder, so no head-less body exists), so `model.base_model` is
+    # the model itself. The prefix is the attribute a class wrapping the captioner would keep it under: the loader
+    # strips it from such a checkpoint's keys. Naming `encoder` or `decoder` instead would make half the model the
+    # "base" that transformers saves, prefixes and plans on its own (neither is a PreTrainedModel for every decoder).
+    base_model_prefix = "captioner"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    # Attention runs through transformers' registry (ALL_ATTENTION_FUNCTIONS) in the bridge, the Transformer decoder,
+    # GPT-2 and 🤗 vision backbones; `attn_implementation=` picks it for all of them.
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    # The forward has no data-dependent branches: generate() compiles its decoding step with a static cache.
+    _can_compile_fullgraph = True
+    supports_gradient_checkpointing = True
+    _no_split_modules: ClassVar[list[str]] = ["CaptionerEncoderLayer", "CaptionerDecoderLayer", "GPT2Block"]
+
+
+class CaptionerForConditionalGeneration(CaptionerTransformersCouplings, CaptionerPreTrainedModel, GenerationMixin):
+    r"""
+    An image captioner: `encoder` (a 🤗 vision backbone and the bridge to the decoder width), `decoder` (a Transformer
+    or GPT-2 decoder with cross-attention, which holds the `lm_head`).
+
+    Example:
+
+    ```python
+    >>> from modeling_captioner import CaptionerConfig, CaptionerForConditionalGeneration
+    >>> model = CaptionerForConditionalGeneration(CaptionerConfig.from_preset("tiny"))
+    >>> ids = model.generate(pixel_values, num_beams=5)
+    ```
+    """
+
+    def __init__(
+        self,
+        config: CaptionerConfig,
+        vision_model: PreTrainedModel | None = None,
+        decoder: nn.Module | None = None,
+    ):
+        config.validate()
+        super().__init__(config)
+        self.encoder = CaptionerImageEncoder(config, backbone=vision_model)
+        self.decoder = decoder if decoder is not None else DECODER_CLASSES[config.decoder_type](config)
+        speed_up_gpt2(self.decoder)
+        if config.decoder_type == "transformer" and config.tie_word_embeddings:
+            self._tied_weights_keys = {"decoder.lm_head.weight": "decoder.embed_tokens.weight"}
+        # The sub-models read their configs from ours, so one save holds the single source of truth.
+        self.encoder.backbone.config = config.vision_config
+        if config.decoder_type == "gpt2":
+            self.decoder.config = config.text_config
+        output, embeddings = self.decoder.lm_head, self.decoder.get_input_embeddings()
+        if not config.tie_word_embeddings and output.weight is embeddings.weight:
+            # A pretrained GPT-2 arrives with its lm_head tied to wte. Untied (tie_word_embeddings=False), the lm_head
+            # starts as a copy of wte and is saved on its own; a tied one is saved once, under the embeddings' name.
+            output.weight = nn.Parameter(embeddings.weight.detach().clone())
+        if isinstance(self.decoder, PreTrainedModel):
+            # It listed its tied weights (which post_init gathers, and saving leaves out) under its own config.
+            # Coupling 8 (see COUPLINGS TO TRANSFORMERS' INTERNALS).
+            self.decoder.all_tied_weights_keys = self.decoder.get_expanded_tied_weights_keys(all_submodels=False)
+        self.post_init()
+        # Instead of transformers' model-agnostic 20 tokens, a caption may use the decoder's positions (start token
+        # included), up to 64. As max_length, not max_new_tokens: a max_new_tokens default would silently override a
+        # caller's max_length (e.g. Seq2SeqTrainer's generation_max_length), while either argument overrides this.
+        gen = self.generation_config
+        if gen is not None and gen.max_length is None and gen.max_new_tokens is None:
+            gen.max_length = min(config.max_position_embeddings, 64)
+
     def get_encoder(self, modality: str | None = None) -> CaptionerImageEncoder:
         return self.encoder
 
@@ -983,11 +1099,36 @@ class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixi
     def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
         self.decoder.lm_head = new_embeddings
 
+    def part_modules(self) -> dict[str, list[nn.Module]]:
+        """The modules of each part an unfreezing schedule names: "cross_attention" (the decoder's attention over
+        the image: the Transformer's `cross_attn` sublayers and their norms, GPT-2's `crossattention` and
+        `ln_cross_attn`, the LSTM's soft attention), "encoder" (the vision backbone), "bridge" (`CaptionerBridge`)
+        and "decoder". Cross-attention sits inside the decoder and comes first: a parameter belongs to the first
+        part with a module that holds it."""
+        decoder = self.decoder
+        if self.config.decoder_type == "lstm":
+            cross_attention = [decoder.attention]
+        elif isinstance(decoder, CaptionerTransformerDecoder):
+            cross_attention = [m for layer in decoder.layers for m in (layer.cross_attn, layer.cross_attn_layer_norm)]
+        else:  # GPT-2; without add_cross_attention its blocks have neither module
+            cross_attention = [
+                getattr(block, name)
+                for block in decoder.transformer.h
+                for name in ("crossattention", "ln_cross_attn")
+                if hasattr(block, name)
+            ]
+        return {
+            "cross_attention": cross_attention,
+            "encoder": [self.encoder.backbone],
+            "bridge": [self.encoder.bridge],
+            "decoder": [decoder],
+        }
+
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
     # As in transformers' own models: the pre-5.x name still works, with a FutureWarning, instead of vanishing into
-    # **kwargs (which left the cache unread).
+    # **kwargs (which left the cache unread). Coupling 6 (see COUPLINGS TO TRANSFORMERS' INTERNALS).
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
@@ -1113,21 +1254,6 @@ class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixi
         coverage = weights.sum(dim=1)  # (B, N)
         return self.config.attention_regularization * ((1.0 - coverage) ** 2).mean()
 
-    @contextlib.contextmanager
-    def _eager_gpt2_attention(self, output_attentions: bool):
-        """GPT-2 under SDPA returns no attention weights; for a call that asks for them, it runs eager attention
-        (same numbers, slower) and goes back to its implementation afterwards."""
-        text_config = self.config.text_config
-        implementation = getattr(text_config, "_attn_implementation", None)
-        if not output_attentions or self.config.decoder_type != "gpt2" or implementation == "eager":
-            yield
-            return
-        text_config._attn_implementation = "eager"
-        try:
-            yield
-        finally:
-            text_config._attn_implementation = implementation
-
     def _check_labels(self, labels: torch.Tensor) -> None:
         if labels.ndim != 2:
             raise ValueError(f"labels must have shape (batch_size, target_length), got {tuple(labels.shape)}.")
@@ -1240,12 +1366,6 @@ class CaptionerForConditionalGeneration(CaptionerPreTrainedModel, GenerationMixi
         return model
 
 
-# generate() looks up the forward signature of custom-code models (ours: registered for the Auto classes) at every
-# step, for a `cache_position` argument; inspect.signature then rebuilds it each time (~0.1 ms a token, several % of
-# batch-1 generation). A function's __signature__ is what inspect returns first, so it is built once, here.
-CaptionerForConditionalGeneration.forward.__signature__ = inspect.signature(CaptionerForConditionalGeneration.forward)
-
-
 def _summarise_names(names: list[str]) -> list[str]:
     """Group 'decoder.transformer.h.0.crossattention.c_attn.weight'-like names by module, with layer indices folded."""
     groups = []
@@ -1259,6 +1379,7 @@ def _summarise_names(names: list[str]) -> list[str]:
 
 __all__ = [
     "DECODER_CLASSES",
+    "CaptionerBridge",
     "CaptionerForConditionalGeneration",
     "CaptionerImageEncoder",
     "CaptionerLSTMDecoder",

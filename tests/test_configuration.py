@@ -134,7 +134,7 @@ def test_show_attend_tell_preset():
     with torch.device("meta"):
         model = CaptionerForConditionalGeneration(seed)
     assert model.decoder.cells[0].hidden_size == 256 and model.decoder.cells[0].input_size == 512 + 2048
-    assert model.encoder.projection.in_features == 2048 == model.encoder.projection.out_features
+    assert model.encoder.bridge.projection.in_features == 2048 == model.encoder.bridge.projection.out_features
 
 
 @pytest.mark.parametrize("encoder", ["resnet", "vit"])

@@ -196,7 +196,7 @@ def test_cross_attentions_are_maps_over_image_positions(pair, tokenizer):
 @pytest.mark.parametrize("encoder", ["resnet", "vit"])
 def test_position_embedding_types(encoder, position_embedding_type, tokenizer):
     model = tiny_model(encoder, "transformer", tokenizer, position_embedding_type=position_embedding_type)
-    assert hasattr(model.encoder, "position_embeddings") == (position_embedding_type == "learned")
+    assert hasattr(model.encoder.bridge, "position_embeddings") == (position_embedding_type == "learned")
     pixel_values = random_inputs(model)["pixel_values"]
     features = model.encoder(pixel_values).last_hidden_state
     assert features.shape == (2, IMAGE_POSITIONS[encoder], model.config.d_model)

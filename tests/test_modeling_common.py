@@ -7,6 +7,7 @@ import copy
 import itertools
 import json
 import math
+import re
 from pathlib import Path
 from typing import ClassVar
 
@@ -362,23 +363,31 @@ def test_base_model_prefix(tester, tmp_path):
 
 @pytest.mark.parametrize("decoder", ALL_DECODERS)
 def test_a_checkpoint_saved_by_earlier_code_loads(decoder):
-    """tests/fixtures/checkpoints holds tiny models saved before base_model_prefix and the embeddings were revisited:
-    today's model has the same state-dict keys, loads every tensor as saved, and decodes."""
+    """tests/fixtures/checkpoints holds tiny models saved before base_model_prefix and the embeddings were revisited
+    and before the bridge had its own module (`encoder.projection.*`, now `encoder.bridge.projection.*`): today's
+    model loads every tensor as saved, under its new name, and computes the logits that the earlier code computed
+    (expected_outputs.safetensors, written by that code for fixed inputs at one thread, as this module runs)."""
     folder = FIXTURES / f"resnet-{decoder}"
     saved = load_file(folder / "model.safetensors")
+    assert any(key.startswith("encoder.projection.") for key in saved)  # the pre-bridge layout
     model, info = CaptionerForConditionalGeneration.from_pretrained(folder, output_loading_info=True)
     assert not any(info.values()), info
     assert model.config.decoder_type == decoder
     state = model.state_dict()
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
-    assert set(state) - set(saved) == ({"decoder.lm_head.weight"} if tied else set())  # a tied weight is saved once
-    for key, tensor in saved.items():
+    renamed = {re.sub(r"^encoder\.(?!backbone\.)", "encoder.bridge.", key): tensor for key, tensor in saved.items()}
+    assert set(state) - set(renamed) == ({"decoder.lm_head.weight"} if tied else set())  # a tied weight is saved once
+    for key, tensor in renamed.items():
         assert torch.equal(state[key], tensor), key
     with torch.device("meta"):
         fresh = CaptionerForConditionalGeneration(CaptionerConfig.from_pretrained(folder))
     assert set(fresh.state_dict()) == set(state)
-    pixel_values = torch.randn(1, 3, model.config.image_size, model.config.image_size)
-    assert model.eval().generate(pixel_values, max_new_tokens=3).shape[0] == 1
+    expected = load_file(folder / "expected_outputs.safetensors")
+    with torch.no_grad():
+        outputs = model.eval()(pixel_values=expected["pixel_values"], decoder_input_ids=expected["decoder_input_ids"])
+    assert torch.equal(outputs.encoder_last_hidden_state, expected["encoder_last_hidden_state"])
+    assert torch.equal(outputs.logits, expected["logits"])
+    assert model.generate(expected["pixel_values"][:1], max_new_tokens=3).shape[0] == 1
 
 
 # dtypes and device maps (test_bc_torch_dtype, test_can_load_with_device_context_manager, ...)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, ResNetConfig, ResNetModel, ViTConfig, ViTModel
 
+from captioning.training.unfreezing import parameter_parts
 from modeling_captioner import CaptionerForConditionalGeneration
 
 
@@ -59,12 +60,22 @@ def test_builds_from_pretrained_vision_model_and_gpt2(encoder, pretrained_dirs, 
         torch.testing.assert_close(model.decoder.state_dict()[name], tensor, atol=0, rtol=0)
 
     new = info["new_weights"]
-    assert "encoder.projection.weight" in new and "encoder.layers.0.self_attn.q_proj.weight" in new
-    assert ("encoder.position_embeddings.weight" in new) == (encoder == "resnet")
+    assert "encoder.bridge.projection.weight" in new and "encoder.bridge.layers.0.self_attn.q_proj.weight" in new
+    assert ("encoder.bridge.position_embeddings.weight" in new) == (encoder == "resnet")
     assert "decoder.transformer.h.0.crossattention.c_attn.weight" in new
     assert not any(name.startswith("encoder.backbone.") for name in new)
     assert not any(name == f"decoder.{k}" for k in gpt2_state for name in new)
     assert "need training" in caplog.text and "crossattention" in caplog.text
+    # The unfreezing parts of a pretrained GPT-2 (tied lm_head, add_cross_attention) follow its modules.
+    parts = parameter_parts(model)
+    cross = {n for n in parts if ".crossattention." in n or ".ln_cross_attn." in n}
+    assert {n for n, part in parts.items() if part == "cross_attention"} == cross
+    assert {n for n, part in parts.items() if part == "bridge"} == {
+        n for n in parts if n.startswith("encoder.bridge.")
+    }
+    assert {n for n, part in parts.items() if part == "encoder"} == {
+        n for n in parts if n.startswith("encoder.backbone.")
+    }
 
     inputs = torch.randn(2, 3, model.config.image_size, model.config.image_size)
     assert model.generate(inputs, max_new_tokens=4).shape[0] == 2

@@ -3,9 +3,11 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -108,3 +110,60 @@ def test_fresh_process_loads_and_captions_every_pair(mode, saved, tmp_path):
             assert result["processor_module"].startswith("transformers_modules.")
         else:
             assert result["model_module"] == "modeling_captioner.modeling_captioner"
+
+
+OLD_CHECKPOINT_PROCESS = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    from safetensors.torch import load_file
+    sys.modules["modeling_captioner"] = None  # only the folder's own files can define the model
+    from transformers import AutoModel
+    torch.set_num_threads(1)  # as expected_outputs.safetensors was computed
+    results = {}
+    for folder in json.loads(sys.argv[1]):
+        model, info = AutoModel.from_pretrained(folder, trust_remote_code=True, output_loading_info=True)
+        expected = load_file(f"{folder}/expected_outputs.safetensors")
+        with torch.no_grad():
+            logits = model.eval()(
+                pixel_values=expected["pixel_values"], decoder_input_ids=expected["decoder_input_ids"]
+            ).logits
+        results[folder] = {
+            "problems": {k: sorted(map(str, v)) for k, v in info.items() if v},
+            "module": type(model).__module__,
+            "bridge": type(model.encoder.bridge).__name__,
+            "equal": torch.equal(logits, expected["logits"]),
+        }
+    print(json.dumps(results))
+    """
+)
+
+
+def test_a_checkpoint_saved_by_earlier_code_loads_as_remote_code(tmp_path):
+    """The pre-bridge checkpoints in tests/fixtures/checkpoints, with today's code files beside them, load with
+    trust_remote_code where the package cannot be imported: the key mapping travels with the code."""
+    fixtures = Path(__file__).parent / "fixtures" / "checkpoints"
+    package = Path(__file__).parent.parent / "modeling_captioner"
+    folders = []
+    for fixture in sorted(fixtures.iterdir()):
+        folder = tmp_path / fixture.name
+        shutil.copytree(fixture, folder)
+        for name in ("modeling_captioner.py", "configuration_captioner.py"):
+            shutil.copy(package / name, folder / name)
+        folders.append(str(folder))
+    env = checkout_env(HF_MODULES_CACHE=str(tmp_path / "modules"))
+    env["PYTHONPATH"] = ""
+    completed = subprocess.run(
+        [sys.executable, "-c", OLD_CHECKPOINT_PROCESS, json.dumps(folders)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert len(results) == 3
+    for folder, result in results.items():
+        assert result["module"].startswith("transformers_modules."), folder
+        assert result == {**result, "problems": {}, "bridge": "CaptionerBridge", "equal": True}, folder

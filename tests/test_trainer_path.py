@@ -22,7 +22,7 @@ from captioning.training.trainer import (
     TrainerCollator,
     loadable_subset,
 )
-from captioning.training.unfreezing import UnfreezingSchedule, parameter_part
+from captioning.training.unfreezing import UnfreezingSchedule, parameter_parts
 from modeling_captioner import CaptionerConfig, CaptionerProcessor, build_image_processor
 
 
@@ -92,8 +92,9 @@ def test_trainer_trains_and_scores_generated_captions_like_train_py(decoder, tok
 def parameters_by_part(model) -> dict[str, dict[str, torch.Tensor]]:
     """Every tensor of the state dict (BatchNorm statistics included) by unfreezing part."""
     groups: dict[str, dict[str, torch.Tensor]] = {}
+    parts = parameter_parts(model, with_buffers=True)
     for name, value in model.state_dict().items():
-        groups.setdefault(parameter_part(name), {})[name] = value.detach().clone()
+        groups.setdefault(parts[name], {})[name] = value.detach().clone()
     return groups
 
 

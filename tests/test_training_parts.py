@@ -14,6 +14,7 @@ from captioning.training.unfreezing import (
     build_adamw,
     optimizer_groups,
     parameter_part,
+    parameter_parts,
     train_mode,
 )
 
@@ -21,11 +22,60 @@ from captioning.training.unfreezing import (
 @pytest.mark.parametrize("decoder", ["transformer", "gpt2"])
 def test_every_parameter_has_one_part(decoder, tokenizer):
     model = tiny_model("resnet", decoder, tokenizer)
-    parts = {name: parameter_part(name) for name, _ in model.named_parameters()}
+    parts = parameter_parts(model)
+    assert list(parts) == [name for name, _ in model.named_parameters(remove_duplicate=False)]
     assert set(parts.values()) == set(PARTS)
     cross = [n for n, g in parts.items() if g == "cross_attention"]
     assert cross and all(("cross_attn" in n) or ("crossattention" in n) or ("ln_cross_attn" in n) for n in cross)
     assert all(g == "encoder" for n, g in parts.items() if n.startswith("encoder.backbone."))
+    assert all(g == "bridge" for n, g in parts.items() if n.startswith("encoder.bridge."))
+    name = next(iter(parts))
+    assert parameter_part(model, name) == parts[name]
+
+
+def name_based_part(name: str) -> str:
+    """The parts as they were assigned before the model listed its modules: by parameter name (the bridge's names
+    then began with `encoder.` directly; `encoder.bridge.` keeps that prefix, so the rule still reads them)."""
+    if name.startswith("encoder.backbone."):
+        return "encoder"
+    if name.startswith("encoder."):
+        return "bridge"
+    if ".cross_attn" in name or ".crossattention." in name or ".ln_cross_attn." in name:
+        return "cross_attention"
+    if name.startswith("decoder.attention."):
+        return "cross_attention"
+    if name.startswith("decoder."):
+        return "decoder"
+    raise ValueError(name)
+
+
+@pytest.mark.parametrize("encoder", ["resnet", "vit"])
+@pytest.mark.parametrize(
+    ("decoder", "overrides"),
+    [("transformer", {}), ("gpt2", {}), ("gpt2", {"tie_word_embeddings": False}), ("lstm", {})],
+    ids=["transformer", "gpt2", "gpt2-untied", "lstm"],
+)
+def test_parts_follow_the_models_modules_as_the_names_did(encoder, decoder, overrides, tokenizer):
+    model = tiny_model(encoder, decoder, tokenizer, **overrides)
+    expected = {name: name_based_part(name) for name, _ in model.named_parameters(remove_duplicate=False)}
+    assert parameter_parts(model) == expected
+    # The schedule and the optimizer groups read the same assignment.
+    schedule = UnfreezingSchedule.parse("bridge,cross_attention@0;decoder@1;encoder@2", {"encoder": 0.1})
+    for epoch in range(3):
+        schedule.apply(model, epoch)
+        trainable = schedule.trainable_parts(epoch)
+        assert {n: p.requires_grad for n, p in model.named_parameters(remove_duplicate=False)} == {
+            n: part in trainable for n, part in expected.items()
+        }
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    for group in optimizer_groups(model, schedule, learning_rate=1.0, weight_decay=0.1):
+        part = group["name"].removesuffix("-no_decay")
+        assert {expected[by_id[id(p)]] for p in group["params"]} == {part}
+        assert group["lr"] == (0.1 if part == "encoder" else 1.0)
+    sizes = dict.fromkeys(PARTS, 0)
+    for name, parameter in model.named_parameters():
+        sizes[expected[name]] += parameter.numel()
+    assert f"bridge {sizes['bridge']:,}" in schedule.describe(model)
 
 
 def test_default_schedule_for_pretrained_parts(tokenizer):

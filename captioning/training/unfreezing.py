@@ -14,21 +14,33 @@ OPTIMIZERS = ("adamw_torch_fused", "adamw_torch")
 PARTS = ("encoder", "bridge", "cross_attention", "decoder")
 
 
-def parameter_part(name: str) -> str:
-    """The part of a CaptionerForConditionalGeneration parameter, from its name."""
-    if name.startswith("encoder.backbone."):
-        return "encoder"
-    if name.startswith("encoder."):
-        return "bridge"
-    # From-scratch decoder: layers.N.cross_attn*; GPT-2: h.N.crossattention.* and h.N.ln_cross_attn.*; LSTM decoder:
-    # its soft attention (with the β gate).
-    if ".cross_attn" in name or ".crossattention." in name or ".ln_cross_attn." in name:
-        return "cross_attention"
-    if name.startswith("decoder.attention."):
-        return "cross_attention"
-    if name.startswith("decoder."):
-        return "decoder"
-    raise ValueError(f"Parameter {name!r} belongs to no unfreezing part {PARTS}.")
+def parameter_parts(model: nn.Module, with_buffers: bool = False) -> dict[str, str]:
+    """The part of every parameter (and, `with_buffers`, every buffer: BatchNorm statistics) of a
+    CaptionerForConditionalGeneration, by name: the model lists each part's modules (`part_modules`), and a tensor
+    belongs to the first part with a module that holds it."""
+    owner = {}
+    for part, modules in model.part_modules().items():
+        if part not in PARTS:
+            raise ValueError(f"The model names a part {part!r} that is not one of {PARTS}.")
+        for module in modules:
+            tensors = [*module.parameters(), *module.buffers()] if with_buffers else module.parameters()
+            for tensor in tensors:
+                owner.setdefault(id(tensor), part)
+    # Every name a tensor has (a tied lm_head too), so the answer covers the state dict's names.
+    named = [*model.named_parameters(remove_duplicate=False)]
+    if with_buffers:
+        named += model.named_buffers(remove_duplicate=False)
+    parts = {}
+    for name, tensor in named:
+        if id(tensor) not in owner:
+            raise ValueError(f"Parameter {name!r} belongs to no unfreezing part {PARTS}.")
+        parts[name] = owner[id(tensor)]
+    return parts
+
+
+def parameter_part(model: nn.Module, name: str) -> str:
+    """The part of one parameter of `model`, by name (see `parameter_parts`)."""
+    return parameter_parts(model)[name]
 
 
 @dataclass(frozen=True)
@@ -95,15 +107,17 @@ class UnfreezingSchedule:
     def apply(self, model: nn.Module, epoch: int) -> tuple[str, ...]:
         """Set requires_grad for the stage of `epoch`; a frozen backbone also goes to eval mode (in `train_mode`)."""
         parts = self.trainable_parts(epoch)
+        part_of = parameter_parts(model)
         for name, parameter in model.named_parameters():
-            parameter.requires_grad_(parameter_part(name) in parts)
+            parameter.requires_grad_(part_of[name] in parts)
         return parts
 
     def describe(self, model: nn.Module) -> str:
         """Trainable parameters per stage, for --dry_run."""
         sizes = dict.fromkeys(PARTS, 0)
+        part_of = parameter_parts(model)
         for name, parameter in model.named_parameters():
-            sizes[parameter_part(name)] += parameter.numel()
+            sizes[part_of[name]] += parameter.numel()
         lines = []
         for i, stage in enumerate(self.stages):
             trainable = sum(sizes[g] for g in stage.parts)
@@ -129,9 +143,10 @@ def train_mode(model: nn.Module, trainable_parts: tuple[str, ...]) -> None:
 def optimizer_groups(model: nn.Module, schedule: UnfreezingSchedule, learning_rate: float, weight_decay: float):
     """AdamW's parameter groups: no weight decay on biases, norms and embeddings; each part at its schedule's LR scale."""
     groups: dict[tuple[str, bool], list] = {}
+    part_of = parameter_parts(model)
     for name, parameter in model.named_parameters():
         no_decay = parameter.ndim < 2 or "embed" in name or "wte" in name or "wpe" in name or "norm" in name
-        groups.setdefault((parameter_part(name), no_decay), []).append(parameter)
+        groups.setdefault((part_of[name], no_decay), []).append(parameter)
     return [
         {
             "params": params,
