@@ -81,7 +81,7 @@ def test_feature_projection_none_passes_backbone_features_on(tokenizer, tmp_path
     layered = CaptionerForConditionalGeneration(
         tiny_config("vit", "transformer", tokenizer, encoder_layers=1, feature_projection="none")
     )
-    names = {name.split(".")[0] for name, _ in layered.encoder.named_parameters() if not name.startswith("backbone.")}
+    names = {name.split(".")[0] for name, _ in layered.encoder.bridge.named_parameters()}
     assert names == {"layers", "layer_norm"}
 
 
