@@ -88,6 +88,26 @@ def tiny_model(encoder: str, decoder: str, tokenizer, seed: int = 0, **overrides
     return CaptionerForConditionalGeneration(tiny_config(encoder, decoder, tokenizer, **overrides)).eval()
 
 
+def random_inputs(model, batch_size: int = 2, length: int = 7, seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    config = model.config
+    pixel_values = torch.randn(batch_size, 3, config.image_size, config.image_size, generator=generator)
+    labels = torch.randint(5, config.vocab_size, (batch_size, length), generator=generator)
+    labels[-1, length - 2 :] = -100  # a shorter caption, padded
+    return {"pixel_values": pixel_values, "labels": labels}
+
+
+def strip_padding(row: torch.Tensor, pad_token_id: int, eos_token_id: int) -> list[int]:
+    """A generated sequence up to its first EOS. Beam search fills finished rows with `pad_token_id or eos`, which
+    is EOS when the pad id is 0 (transformers 5.24 generation/utils.py), so both pad and EOS can trail a caption."""
+    ids = row.tolist()
+    if eos_token_id in ids[1:]:
+        ids = ids[: ids.index(eos_token_id, 1) + 1]
+    while len(ids) > 1 and ids[-1] == pad_token_id:
+        ids.pop()
+    return ids
+
+
 def scene_images(count: int, image_size: int = 64):
     scenes = all_scenes()[::3][:count]
     return [render_scene(scene, image_size) for scene in scenes], [scene.caption for scene in scenes]

@@ -4,9 +4,8 @@ code, and its attention maps are distributions over the image positions."""
 
 import pytest
 import torch
-from conftest import scene_images, tiny_model
-from test_modeling import random_inputs, strip_padding
-from test_remote_code import run_fresh_process
+from conftest import random_inputs, scene_images, strip_padding, tiny_model
+from fresh_process import run_fresh_process
 from transformers import AutoModel
 from transformers.modeling_outputs import BaseModelOutput
 

@@ -6,33 +6,13 @@ from functools import partial
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import random_inputs, strip_padding, tiny_model
 from transformers import GenerationMixin
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutput
 
 # Tiny presets at 32×32: ResNet (stride 8 after two stages) gives a 4×4 grid; ViT with 8-pixel patches 16 + CLS.
 IMAGE_POSITIONS = {"resnet": 16, "vit": 17}
-
-
-def random_inputs(model, batch_size: int = 2, length: int = 7, seed: int = 0) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    config = model.config
-    pixel_values = torch.randn(batch_size, 3, config.image_size, config.image_size, generator=generator)
-    labels = torch.randint(5, config.vocab_size, (batch_size, length), generator=generator)
-    labels[-1, length - 2 :] = -100  # a shorter caption, padded
-    return {"pixel_values": pixel_values, "labels": labels}
-
-
-def strip_padding(row: torch.Tensor, pad_token_id: int, eos_token_id: int) -> list[int]:
-    """A generated sequence up to its first EOS. Beam search fills finished rows with `pad_token_id or eos`, which
-    is EOS when the pad id is 0 (transformers 5.24 generation/utils.py), so both pad and EOS can trail a caption."""
-    ids = row.tolist()
-    if eos_token_id in ids[1:]:
-        ids = ids[: ids.index(eos_token_id, 1) + 1]
-    while len(ids) > 1 and ids[-1] == pad_token_id:
-        ids.pop()
-    return ids
 
 
 def test_loss_ignores_padding_labels(pair, tokenizer):
