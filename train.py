@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from captioning.training.arguments import parse_args
-from captioning.training.checkpoints import new_state, resume
+from captioning.training.checkpoints import checkpoint_dir, new_state, resume
 from captioning.training.data import TrainingData, first, load_training_splits, training_split
 from captioning.training.final import final_evaluation
 from captioning.training.loop import Run, finish_epoch, train_one_epoch
@@ -70,8 +70,8 @@ def main(argv=None) -> dict:
     if args.with_tracking:
         scalars = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers("captioner", scalars)
-    checkpoints = Path(args.output_dir) / "checkpoints"
-    state = resume(accelerator, args.resume_from_checkpoint, checkpoints, new_state(accelerator.num_processes))
+    directory = checkpoint_dir(args.output_dir)
+    state = resume(accelerator, args.resume_from_checkpoint, directory, new_state(accelerator.num_processes))
     # What runs: --optim, except with fp16 loss scaling (build_adamw) or after a resume (the checkpoint's).
     why = ", fp16 loss scaling" if accelerator.scaler is not None else ""
     logger.info(f"AdamW: {adamw_implementation(optimizer)} (--optim {args.optim}{why}; a resumed run keeps its own)")

@@ -32,6 +32,11 @@ def new_state(num_processes: int) -> dict:
     }
 
 
+def checkpoint_dir(output_dir: str | Path) -> Path:
+    """Where a run's checkpoints go (and `--resume_from_checkpoint latest` looks)."""
+    return Path(output_dir) / "checkpoints"
+
+
 def list_checkpoints(directory: Path) -> list[Path]:
     found = [p for p in directory.glob("step_*") if p.is_dir() and (p / "training_state.json").is_file()]
     return sorted(found, key=lambda p: int(p.name.split("_")[1]))

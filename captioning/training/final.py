@@ -12,6 +12,7 @@ from captioning.data.web.streams import sum_reports
 from captioning.evaluation.command import generate_captions, write_predictions
 from captioning.evaluation.diagnostics import caption_diagnostics, format_diagnostics
 from captioning.evaluation.metrics import compute_caption_metrics, human_agreement
+from captioning.training.optimization import global_batch_size
 from captioning.training.reporting import save_samples, save_training_curves
 
 
@@ -34,16 +35,16 @@ def final_evaluation(args, accelerator, splits: dict, state: dict, train_seconds
         agreement = None
         if min(len(refs) for refs in references.values()) >= 2:
             agreement = human_agreement(list(references.values()), meteor=meteor)
-        report = test_report(args, accelerator, splits, state, train_seconds, len(predictions), test_metrics)
-        report["human_agreement"] = agreement
-        # Beside "test", not in it: the model card's model-index takes every number of "test" as a score.
-        report["test_diagnostics"] = caption_diagnostics(predictions, references, truncated)
-        report["images_dropped_at_test"] = dropped
+        diagnostics = caption_diagnostics(predictions, references, truncated)
+        scores = {"num_images": len(predictions), "test": test_metrics, "diagnostics": diagnostics}
+        report = metrics_report(
+            args, accelerator, splits, state, train_seconds, agreement=agreement, dropped=dropped, **scores
+        )
         (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
         write_predictions(output_dir / "predictions.json", predictions, references)
         save_pictures(best, processor, splits["validation"], state["history"], output_dir, accelerator.device)
         human = f"{agreement['CIDEr-D']:.4f}" if agreement else "n/a: one reference per image"
-        print(f"test captions: {format_diagnostics(report['test_diagnostics'])}")
+        print(f"test captions: {format_diagnostics(diagnostics)}")
         print(
             f"test CIDEr-D {test_metrics['CIDEr-D']:.4f} (human agreement {human}), "
             f"BLEU-4 {test_metrics['BLEU-4']:.4f}; model: {output_dir}; metrics: {output_dir / 'metrics.json'}; "
@@ -54,7 +55,9 @@ def final_evaluation(args, accelerator, splits: dict, state: dict, train_seconds
     return report
 
 
-def test_report(args, accelerator, splits, state, train_seconds, num_images, test_metrics) -> dict:
+def metrics_report(
+    args, accelerator, splits, state, train_seconds, *, num_images, test, diagnostics, agreement, dropped
+) -> dict:
     """metrics.json: the test scores and how they were made (generation, steps, batch, data skipped and dropped)."""
     report = {
         "dataset_format": args.dataset_format,
@@ -67,19 +70,18 @@ def test_report(args, accelerator, splits, state, train_seconds, num_images, tes
             "no_repeat_ngram_size": args.no_repeat_ngram_size,
             "repetition_penalty": args.repetition_penalty,
         },
-        "test": test_metrics,
-        "test_diagnostics": None,
-        "human_agreement": None,
+        "test": test,
+        # Beside "test", not in it: the model card's model-index takes every number of "test" as a score.
+        "test_diagnostics": diagnostics,
+        "human_agreement": agreement,
         "best_validation_cider": state["best_cider"],
         "optimizer_steps": state["completed_steps"],
         "num_processes": accelerator.num_processes,
-        "global_train_batch_size": (
-            args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-        ),
+        "global_train_batch_size": global_batch_size(args, accelerator),
         "train_seconds": round(train_seconds, 1),
         "skipped": {name: split.skipped.as_dict() for name, split in splits.items()},
         "images_dropped_while_training": state["dropped"],
-        "images_dropped_at_test": None,
+        "images_dropped_at_test": dropped,
     }
     if args.dataset_format in STREAM_FORMATS:
         # Training: every epoch's report and their sum; validation and test were fetched once.

@@ -15,7 +15,7 @@ from captioning.data.web.streams import format_report
 from captioning.evaluation.command import generate_captions
 from captioning.evaluation.diagnostics import caption_diagnostics, format_diagnostics
 from captioning.evaluation.metrics import compute_caption_metrics
-from captioning.training.checkpoints import save_checkpoint
+from captioning.training.checkpoints import checkpoint_dir, save_checkpoint
 from captioning.training.data import TrainingData
 from captioning.training.feature_cache import FeatureCache, cached_vision_features
 from captioning.training.losses import caption_loss
@@ -136,7 +136,7 @@ class Run:
     def __post_init__(self):
         self.unwrapped = self.accelerator.unwrap_model(self.model)
         self.output_dir = Path(self.args.output_dir)
-        self.checkpoint_dir = self.output_dir / "checkpoints"
+        self.checkpoint_dir = checkpoint_dir(self.output_dir)
         steps = self.args.checkpointing_steps
         self.checkpoint_every = None if steps == "epoch" else int(steps)
         if self.state["planned_steps"] is not None:
@@ -176,19 +176,18 @@ class Run:
         self.progress.refresh()
 
     def checkpoint(self, epoch: int) -> None:
+        """A checkpoint within `epoch`: the state brought up to now (drops, time, the stream's position)."""
         self.state["dropped"] += self.tallies.take_dropped(self.accelerator)
         if self.budget is not None:
             self.state["train_seconds"] = self.budget.elapsed
         if self.data.streaming:
             self.state["stream"] = self.data.position()
+        self.save({**self.state, "epoch": epoch})
+
+    def save(self, state: dict) -> None:
+        """Saves `state` with the prepared objects, the feature cache written first."""
         caches = [self.data.cache] if self.data.cache else []
-        save_checkpoint(
-            self.accelerator,
-            self.checkpoint_dir,
-            {**self.state, "epoch": epoch},
-            self.args.checkpoints_total_limit,
-            caches,
-        )
+        save_checkpoint(self.accelerator, self.checkpoint_dir, state, self.args.checkpoints_total_limit, caches)
 
     def close(self) -> float:
         """Ends the progress bar; returns the training time, validation included."""
@@ -306,8 +305,7 @@ def finish_epoch(run: Run, epoch: int) -> bool:
         run.replan()
     finished = state["completed_steps"] >= run.plan.max_train_steps
     if run.args.checkpointing_steps == "epoch" or finished:
-        caches = [run.data.cache] if run.data.cache else []
-        save_checkpoint(accelerator, run.checkpoint_dir, state, run.args.checkpoints_total_limit, caches)
+        run.save(state)
     return run.done()
 
 

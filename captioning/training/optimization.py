@@ -28,15 +28,19 @@ class StepPlan:
 def plan_steps(args, batches_per_process: int, accelerator) -> StepPlan:
     updates_per_epoch = math.ceil(batches_per_process / args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
-    global_batch = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     logger.info(
-        f"global batch: {global_batch} images per optimizer step = {args.per_device_train_batch_size} per process × "
+        f"global batch: {global_batch_size(args, accelerator)} images per optimizer step = {args.per_device_train_batch_size} per process × "
         f"{accelerator.num_processes} process(es) × {args.gradient_accumulation_steps} accumulation step(s); "
         f"{updates_per_epoch} steps per epoch, {max_train_steps} in all"
     )
     return StepPlan(
         updates_per_epoch, max_train_steps, math.ceil(max_train_steps / updates_per_epoch), max_train_steps
     )
+
+
+def global_batch_size(args, accelerator) -> int:
+    """Images per optimizer step, all processes and accumulation steps together."""
+    return args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
 
 
 def build_optimizer(model, schedule: UnfreezingSchedule, args, accelerator) -> torch.optim.Optimizer:
