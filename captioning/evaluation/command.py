@@ -198,13 +198,15 @@ def main(argv=None) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    """`captioner evaluate`: the parser was the subcommand's, so the flags are checked here."""
+    check_arguments(args)
     evaluate(args)
     return 0
 
 
 def evaluate(args: argparse.Namespace) -> dict:
-    """Scores `args.model` on `args.split` and writes metrics.json and predictions.json into `args.output_dir`."""
-    check_arguments(args)
+    """Scores `args.model` on `args.split` and writes metrics.json and predictions.json into `args.output_dir`; `args`
+    come checked (parse_args, run)."""
     from transformers import AutoModel, AutoProcessor
 
     import modeling_captioner  # noqa: F401  (registers the Auto classes)
