@@ -18,7 +18,7 @@ def test_demo_learns_its_scenes_and_saves_a_model_folder(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("flags", "says"),
     [
-        (["--steps", "0"], "argument --steps: expected a whole number >= 1, got '0'"),
+        (["--steps", "0"], "argument --steps: must be a whole number ≥ 1, got 0"),
         (["--encoder", "alexnet"], "invalid choice: 'alexnet'"),
     ],
 )

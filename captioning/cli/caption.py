@@ -365,7 +365,8 @@ def caption_writer(stream: TextIO, output_format: str) -> Callable[[str, list[st
     return write
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number ≥ 1 (the caption and demo commands share it)."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number ≥ 1, got {text}")
@@ -422,10 +423,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="No progress bar, warm-up or throughput lines; errors and notes are still reported.",
     )
-    parser.add_argument("--batch_size", type=_positive_int, default=16, help="Images per generate() call.")
+    parser.add_argument("--batch_size", type=positive_int, default=16, help="Images per generate() call.")
     parser.add_argument(
         "--num_workers",
-        type=_positive_int,
+        type=positive_int,
         help="Threads that read and download (default: 4; on a CUDA GPU one per core, 4 to 8).",
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default: a GPU if any).")
@@ -439,18 +440,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dtype", choices=DTYPES, help="Cast the model's weights (default: as saved).")
     parser.add_argument("--timeout", type=_positive_float, default=10.0, help="Seconds for one URL's download.")
-    parser.add_argument("--max_bytes", type=_positive_int, default=20_000_000, help="Largest URL body to read.")
+    parser.add_argument("--max_bytes", type=positive_int, default=20_000_000, help="Largest URL body to read.")
     generation = parser.add_argument_group("generation (default: the model's generation_config)")
-    generation.add_argument("--num_beams", type=_positive_int)
-    generation.add_argument("-n", "--num_return_sequences", type=_positive_int, help="Captions per image, best first.")
-    generation.add_argument("--max_new_tokens", type=_positive_int)
+    generation.add_argument("--num_beams", type=positive_int)
+    generation.add_argument("-n", "--num_return_sequences", type=positive_int, help="Captions per image, best first.")
+    generation.add_argument("--max_new_tokens", type=positive_int)
     generation.add_argument("--min_new_tokens", type=_non_negative_int)
     generation.add_argument("--do_sample", action="store_true", default=None, help="Sample instead of searching.")
     generation.add_argument("--temperature", type=_positive_float)
-    generation.add_argument("--top_k", type=_positive_int)
+    generation.add_argument("--top_k", type=positive_int)
     generation.add_argument("--top_p", type=_probability)
     generation.add_argument("--length_penalty", type=float, help="Beam search: > 0 favours longer captions.")
-    generation.add_argument("--no_repeat_ngram_size", type=_positive_int)
+    generation.add_argument("--no_repeat_ngram_size", type=positive_int)
     generation.add_argument("--repetition_penalty", type=_positive_float)
     generation.add_argument("--seed", type=int, help="Seed torch, so that sampling repeats.")
     parser.set_defaults(run=run)

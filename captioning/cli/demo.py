@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoProcessor
 
+from captioning.cli.caption import positive_int
 from captioning.data.synthetic import all_scenes, render_scene
 from modeling_captioner import (
     CaptionerConfig,
@@ -18,18 +19,12 @@ from modeling_captioner import (
 from tokenization import build_tokenizer
 
 
-def _positive_int(text: str) -> int:
-    if not text.strip().isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return int(text)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `demo` subcommand's options."""
     parser.add_argument("--output_dir", default="outputs/demo", help="Where the model folder is saved.")
     parser.add_argument("--encoder", choices=["resnet", "vit"], default="resnet")
     parser.add_argument("--decoder", choices=["transformer", "gpt2"], default="transformer")
-    parser.add_argument("--steps", type=_positive_int, default=150, help="Optimizer steps on the eight scenes.")
+    parser.add_argument("--steps", type=positive_int, default=150, help="Optimizer steps on the eight scenes.")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(run=run)
 
